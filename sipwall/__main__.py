@@ -1,0 +1,3 @@
+from sipwall.cli import main
+
+raise SystemExit(main())
