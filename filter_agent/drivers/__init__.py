@@ -1,0 +1,1 @@
+"""NftDriver implementations: real (libnftables), in another namespace, and fake."""
