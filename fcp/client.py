@@ -1,0 +1,318 @@
+"""`FcpClient`: the typed asyncio client the ALG uses to drive the filter agent.
+
+* Transport: mutual TLS (`ClientTls`), or plaintext only to a unix socket or loopback.
+* Every call has a deadline (`deadline` seconds unless given per call).
+* Retries: a call that failed with UNAVAILABLE or DEADLINE_EXCEEDED — the agent may or may
+  not have acted — is retried with exponential backoff. That is safe because every
+  creating/changing request carries an idempotency key: the caller's, or one generated here
+  BEFORE the first attempt, so all attempts share it and the agent answers a retry with the
+  first result (RFC 6887 §11.2 makes MAP retries safe the same way).
+* Epoch (PCP §8.5): `open_session` records the agent's epoch, every later call sends it
+  in the `fcp-epoch` metadata. If the agent restarted, the call fails with STALE_EPOCH and
+  this client raises `EpochChanged` (and calls `on_epoch_change(old, new)` once per new
+  epoch); a new epoch seen in `open_session` or in a WATCH_STARTED event is reported the
+  same way. Calls keep failing until the owner calls `open_session` again: state the
+  client believes in may be gone, so it must not carry on silently.
+* Errors: only `FcpError` (rebuilt from the server's FcpErrorDetail, `fcp.status`), never
+  a raw `grpc.RpcError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from fcp import convert
+from fcp.errors import EpochChanged, FcpError, Reason
+from fcp.server import is_local_address
+from fcp.status import EPOCH_METADATA_KEY, decode_error
+from fcp.types import (
+    BatchOperation,
+    BatchRequest,
+    BatchResult,
+    Binding,
+    BindingRequest,
+    Event,
+    EventKind,
+    ExternalAddress,
+    Group,
+    GroupLifetimeChange,
+    GroupLifetimeGrant,
+    LifetimeChange,
+    LifetimeGrant,
+    Rule,
+    RuleRequest,
+    Session,
+    SessionRequest,
+)
+from fcp.v1 import fcp_pb2 as pb
+from fcp.v1 import fcp_pb2_grpc as pb_grpc
+
+log = logging.getLogger("sipwall.fcp.client")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Keyed = TypeVar("Keyed", BindingRequest, RuleRequest, LifetimeChange, GroupLifetimeChange)
+
+EpochCallback = Callable[[int | None, int | None], None]
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """PEM material: the CA that signs the agent, our certificate chain and key."""
+
+    ca: bytes
+    cert_chain: bytes
+    private_key: bytes
+    server_name: str | None = None  # when the target is not a name/IP in the agent's SANs
+
+    @classmethod
+    def from_files(cls, ca: Path, cert: Path, key: Path) -> ClientTls:
+        return cls(ca.read_bytes(), cert.read_bytes(), key.read_bytes())
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4  # total tries, including the first
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int, hint: float | None) -> float:
+        """Backoff before retry number `attempt` (1-based), jittered; honours retry-after."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        jittered = base * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not a secret
+        return max(jittered, min(hint, self.max_backoff)) if hint is not None else jittered
+
+
+def _new_key() -> str:
+    return uuid.uuid4().hex
+
+
+class FcpClient:
+    """A connection to one filter agent; see the module docstring."""
+
+    def __init__(
+        self,
+        target: str,
+        tls: ClientTls | None = None,
+        *,
+        deadline: float = 5.0,
+        retry: RetryPolicy | None = None,
+        on_epoch_change: EpochCallback | None = None,
+        incarnation_id: str | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = (),
+    ) -> None:
+        if tls is None:
+            if not is_local_address(target):
+                raise ValueError(f"plaintext FCP only to a unix socket or loopback: {target}")
+            self._channel = grpc.aio.insecure_channel(target, options=list(channel_options))
+        else:
+            options = list(channel_options)
+            if tls.server_name is not None:
+                options.append(("grpc.ssl_target_name_override", tls.server_name))
+            credentials = grpc.ssl_channel_credentials(tls.ca, tls.private_key, tls.cert_chain)
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+        self._stub = pb_grpc.FirewallControlStub(self._channel)
+        self._deadline = deadline
+        self._retry = retry or RetryPolicy()
+        self._on_epoch_change = on_epoch_change
+        self.incarnation_id = incarnation_id or _new_key()
+        self.session: Session | None = None
+        self.epoch: int | None = None
+        self.epoch_changed = False  # set when the agent restarted since open_session
+        self._reported_epoch: int | None = None
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def __aenter__(self) -> FcpClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ---- epoch -----------------------------------------------------------------------
+
+    def _observe_epoch(self, new: int | None) -> bool:
+        """Note the agent's epoch; report a change once. True if it changed."""
+        if new is None or self.epoch is None or new == self.epoch:
+            return False
+        self.epoch_changed = True
+        if new != self._reported_epoch:
+            self._reported_epoch = new
+            log.warning("FCP agent epoch changed %s -> %s: the agent restarted", self.epoch, new)
+            if self._on_epoch_change is not None:
+                self._on_epoch_change(self.epoch, new)
+        return True
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return () if self.epoch is None else ((EPOCH_METADATA_KEY, str(self.epoch)),)
+
+    # ---- call machinery --------------------------------------------------------------
+
+    def _error(self, exc: grpc.aio.AioRpcError) -> FcpError:
+        # At runtime the trailer is a grpc.aio.Metadata that iterates as (key, value) pairs;
+        # the stubs describe the sync API's _Metadatum objects.
+        trailer: Any = exc.trailing_metadata() or ()
+        error = decode_error(exc.code(), exc.details(), [(k, v) for k, v in trailer])
+        if error.reason is Reason.STALE_EPOCH:
+            old = self.epoch
+            self._observe_epoch(error.epoch)
+            return EpochChanged(old, error.epoch, error.message)
+        return error
+
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        deadline: float | None = None,
+        send_epoch: bool = True,
+    ) -> Resp:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response: Resp = await method(
+                    request,
+                    timeout=deadline or self._deadline,
+                    metadata=self._metadata() if send_epoch else (),
+                )
+                return response
+            except grpc.aio.AioRpcError as exc:
+                error = self._error(exc)
+                if exc.code() not in RETRYABLE_CODES or attempt >= self._retry.attempts:
+                    raise error from None
+                delay = self._retry.delay(attempt, error.retry_after)
+                log.info("FCP call failed (%s), retry %d in %.2fs", error, attempt, delay)
+                await asyncio.sleep(delay)
+
+    @staticmethod
+    def _keyed(request: Keyed) -> Keyed:
+        if request.idempotency_key is not None:
+            return request
+        return dataclasses.replace(request, idempotency_key=_new_key())
+
+    # ---- session and events ----------------------------------------------------------
+
+    async def open_session(
+        self, *, release_previous_state: bool = False, deadline: float | None = None
+    ) -> Session:
+        """Learn capabilities and the epoch; clears a previously detected epoch change."""
+        request = SessionRequest(self.incarnation_id, release_previous_state)
+        response = await self._unary(
+            self._stub.OpenSession,
+            convert.session_request_to_proto(request),
+            deadline=deadline,
+            send_epoch=False,
+        )
+        session = convert.session_from_proto(response)
+        self._observe_epoch(session.epoch)
+        self.session, self.epoch, self.epoch_changed = session, session.epoch, False
+        return session
+
+    async def watch_events(self) -> AsyncIterator[Event]:
+        """Events until the stream ends or fails (FcpError). No deadline, no retry."""
+        call = self._stub.WatchEvents(pb.WatchEventsRequest(), metadata=self._metadata())
+        try:
+            async for message in call:
+                event = convert.event_from_proto(message)
+                if event.kind is EventKind.WATCH_STARTED:
+                    self._observe_epoch(event.epoch)
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc) from None
+        finally:
+            call.cancel()
+
+    # ---- bindings, rules, lifetimes --------------------------------------------------
+
+    async def reserve_binding(
+        self, request: BindingRequest, *, deadline: float | None = None
+    ) -> Binding:
+        message = convert.binding_request_to_proto(self._keyed(request))
+        response = await self._unary(self._stub.ReserveBinding, message, deadline=deadline)
+        return convert.binding_from_proto(response.binding)
+
+    async def enable_rule(self, request: RuleRequest, *, deadline: float | None = None) -> Rule:
+        message = convert.rule_request_to_proto(self._keyed(request))
+        response = await self._unary(self._stub.EnableRule, message, deadline=deadline)
+        return convert.rule_from_proto(response.rule)
+
+    async def change_lifetime(
+        self, request: LifetimeChange, *, deadline: float | None = None
+    ) -> LifetimeGrant:
+        message = convert.lifetime_change_to_proto(self._keyed(request))
+        response = await self._unary(self._stub.ChangeLifetime, message, deadline=deadline)
+        return convert.lifetime_grant_from_proto(response)
+
+    async def change_group_lifetime(
+        self, request: GroupLifetimeChange, *, deadline: float | None = None
+    ) -> GroupLifetimeGrant:
+        message = convert.group_change_to_proto(self._keyed(request))
+        response = await self._unary(self._stub.ChangeGroupLifetime, message, deadline=deadline)
+        return convert.group_grant_from_proto(response)
+
+    async def release_group(self, group_id: str) -> GroupLifetimeGrant:
+        """The call is over: release everything in its group (ChangeGroupLifetime 0)."""
+        return await self.change_group_lifetime(GroupLifetimeChange(group_id, 0))
+
+    async def batch(
+        self,
+        operations: Sequence[BatchOperation],
+        *,
+        idempotency_key: str | None = None,
+        deadline: float | None = None,
+    ) -> tuple[BatchResult, ...]:
+        """Apply all operations atomically; the error's operation_index names the failure."""
+        request = BatchRequest(tuple(operations), idempotency_key or _new_key())
+        response = await self._unary(
+            self._stub.Batch, convert.batch_to_proto(request), deadline=deadline
+        )
+        return tuple(convert.batch_result_from_proto(r) for r in response.results)
+
+    # ---- queries ---------------------------------------------------------------------
+
+    async def list_rules(
+        self, group_id: str | None = None, binding_id: str | None = None
+    ) -> list[Rule]:
+        message = pb.ListRulesRequest(group_id=group_id or "", binding_id=binding_id or "")
+        response = await self._unary(self._stub.ListRules, message)
+        return [convert.rule_from_proto(r) for r in response.rules]
+
+    async def list_bindings(self, group_id: str | None = None) -> list[Binding]:
+        message = pb.ListBindingsRequest(group_id=group_id or "")
+        response = await self._unary(self._stub.ListBindings, message)
+        return [convert.binding_from_proto(b) for b in response.bindings]
+
+    async def list_groups(self) -> list[Group]:
+        response = await self._unary(self._stub.ListGroups, pb.ListGroupsRequest())
+        return [convert.group_from_proto(g) for g in response.groups]
+
+    async def get_rule(self, rule_id: str) -> Rule:
+        response = await self._unary(self._stub.GetRule, pb.GetRuleRequest(rule_id=rule_id))
+        return convert.rule_from_proto(response)
+
+    async def get_binding(self, binding_id: str) -> Binding:
+        message = pb.GetBindingRequest(binding_id=binding_id)
+        return convert.binding_from_proto(await self._unary(self._stub.GetBinding, message))
+
+    async def get_group(self, group_id: str) -> Group:
+        message = pb.GetGroupRequest(group_id=group_id)
+        return convert.group_from_proto(await self._unary(self._stub.GetGroup, message))
+
+    async def get_external_addresses(self, pool: str | None = None) -> list[ExternalAddress]:
+        message = pb.GetExternalAddressRequest(pool=pool or "")
+        response = await self._unary(self._stub.GetExternalAddress, message)
+        return [convert.external_address_from_proto(a) for a in response.addresses]

@@ -1,0 +1,380 @@
+"""The FCP gRPC server: a grpc.aio shell around a `FirewallBackend`.
+
+Per call, in this order: identify the caller from its mTLS client certificate and check it
+against the allow-list (NOT_AUTHORIZED otherwise); check the `fcp-epoch` request metadata
+against the backend's epoch (STALE_EPOCH); convert and validate the request (MALFORMED with
+the field); call the backend; convert the result. An `FcpError` becomes a gRPC status plus
+the FcpErrorDetail trailer (`fcp.status`, the only place status codes are chosen); any other
+exception is a bug: it is logged with its traceback here and the client gets INTERNAL with
+the bare message "internal error".
+
+Insecure (plaintext) serving exists for a unix socket or loopback only, with one fixed
+identity, and says so loudly in the log: it is for a single-host deployment where the
+socket's file permissions are the access control.
+
+The standard health service (`grpc.health.v1.Health`) and server reflection are
+registered; they are not identity-checked beyond the TLS handshake.
+"""
+
+# ruff: noqa: N802 - servicer methods carry the gRPC method names
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import grpc
+from cryptography import x509
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fcp import convert
+from fcp.backend import FirewallBackend
+from fcp.certs import identity_of
+from fcp.errors import FcpError, Reason, malformed
+from fcp.status import EPOCH_METADATA_KEY, STATUS_DETAILS_KEY, encode_detail, status_code
+from fcp.v1 import fcp_pb2 as pb
+from fcp.v1 import fcp_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from fcp.v1.fcp_pb2_grpc import _ServicerContext as Context
+
+log = logging.getLogger("sipwall.fcp.server")
+
+R = TypeVar("R")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FirewallControl"].full_name
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM material for mutual TLS: our chain and key, and the CA that signs clients."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes
+
+    @classmethod
+    def from_files(cls, cert: Path, key: Path, ca: Path) -> ServerTls:
+        return cls(cert.read_bytes(), key.read_bytes(), ca.read_bytes())
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how to serve. `address`: "host:port" (port 0: pick one) or "unix:/path"."""
+
+    address: str
+    allowed_identities: frozenset[str]
+    tls: ServerTls | None = None
+    insecure_identity: str | None = None  # the owner of every call when tls is None
+    grace_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.tls is None:
+            if not is_local_address(self.address):
+                raise ValueError(f"insecure FCP only on a unix socket or loopback: {self.address}")
+            if self.insecure_identity is None:
+                raise ValueError("insecure FCP needs insecure_identity")
+            if self.insecure_identity not in self.allowed_identities:
+                raise ValueError("insecure_identity must be in allowed_identities")
+
+
+def is_local_address(address: str) -> bool:
+    """True for unix sockets and loopback host:port addresses."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _aio(context: Context) -> grpc.aio.ServicerContext[Any, Any]:
+    # The generated stub's context type merges the sync and aio contexts, whose signatures
+    # disagree (abort, auth_context); at runtime it is always the aio one.
+    return cast("grpc.aio.ServicerContext[Any, Any]", context)
+
+
+def _caller_identity(context: Context) -> str | None:
+    """The identity in the peer's verified client certificate (URI SAN, else CN)."""
+    pems = _aio(context).auth_context().get("x509_pem_cert")
+    first = next(iter(pems), None) if pems is not None else None
+    if first is None:
+        return None
+    try:
+        return identity_of(x509.load_pem_x509_certificate(first))
+    except ValueError:
+        return None
+
+
+class FcpServicer(pb_grpc.FirewallControlServicer):
+    """Authenticates, converts and delegates every RPC to the backend."""
+
+    def __init__(
+        self,
+        backend: FirewallBackend,
+        allowed_identities: frozenset[str],
+        insecure_identity: str | None = None,
+    ) -> None:
+        self._backend = backend
+        self._allowed = allowed_identities
+        self._insecure_identity = insecure_identity
+
+    # ---- plumbing --------------------------------------------------------------------
+
+    def _owner(self, context: Context) -> str:
+        identity = self._insecure_identity or _caller_identity(context)
+        if identity is None or identity not in self._allowed:
+            log.warning("refused FCP call from %s (identity %r)", context.peer(), identity)
+            raise FcpError(Reason.NOT_AUTHORIZED, f"identity {identity!r} is not allowed")
+        return identity
+
+    def _check_epoch(self, context: Context) -> None:
+        for key, value in context.invocation_metadata() or ():
+            if key != EPOCH_METADATA_KEY:
+                continue
+            text = value.decode() if isinstance(value, bytes) else value
+            if not text.isdigit():
+                raise malformed(EPOCH_METADATA_KEY, f"{text!r} is not a decimal epoch")
+            if int(text) != self._backend.epoch:
+                raise FcpError(
+                    Reason.STALE_EPOCH,
+                    f"epoch {text} is stale: the agent restarted (now {self._backend.epoch})",
+                    epoch=self._backend.epoch,
+                )
+
+    async def _abort(self, context: Context, error: FcpError) -> None:
+        trailer = ((STATUS_DETAILS_KEY, encode_detail(error, self._backend.epoch)),)
+        await _aio(context).abort(status_code(error.reason), str(error), trailer)
+
+    async def _internal(self, context: Context, method: str) -> None:
+        log.exception("FCP %s failed unexpectedly", method)
+        await _aio(context).abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    async def _unary(self, context: Context, method: str, run: Callable[[str], Awaitable[R]]) -> R:
+        try:
+            owner = self._owner(context)
+            self._check_epoch(context)
+            return await run(owner)
+        except FcpError as exc:
+            await self._abort(context, exc)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:  # noqa: BLE001 - any backend bug becomes INTERNAL, logged
+            await self._internal(context, method)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    # ---- RPCs ------------------------------------------------------------------------
+
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Context
+    ) -> pb.OpenSessionResponse:
+        async def run(owner: str) -> pb.OpenSessionResponse:
+            typed = convert.session_request_from_proto(request)
+            return convert.session_to_proto(await self._backend.open_session(owner, typed))
+
+        return await self._unary(context, "OpenSession", run)
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: Context
+    ) -> AsyncIterator[pb.Event]:
+        try:
+            owner = self._owner(context)
+            self._check_epoch(context)
+            events = self._backend.watch_events(owner)
+        except FcpError as exc:
+            await self._abort(context, exc)
+            return
+        try:
+            async for event in events:
+                yield convert.event_to_proto(event)
+        except FcpError as exc:
+            await self._abort(context, exc)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:  # noqa: BLE001 - any backend bug becomes INTERNAL, logged
+            await self._internal(context, "WatchEvents")
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def ReserveBinding(
+        self, request: pb.ReserveBindingRequest, context: Context
+    ) -> pb.ReserveBindingResponse:
+        async def run(owner: str) -> pb.ReserveBindingResponse:
+            typed = convert.binding_request_from_proto(request)
+            binding = await self._backend.reserve_binding(owner, typed)
+            return pb.ReserveBindingResponse(binding=convert.binding_to_proto(binding))
+
+        return await self._unary(context, "ReserveBinding", run)
+
+    async def EnableRule(
+        self, request: pb.EnableRuleRequest, context: Context
+    ) -> pb.EnableRuleResponse:
+        async def run(owner: str) -> pb.EnableRuleResponse:
+            typed = convert.rule_request_from_proto(request)
+            rule = await self._backend.enable_rule(owner, typed)
+            return pb.EnableRuleResponse(rule=convert.rule_to_proto(rule))
+
+        return await self._unary(context, "EnableRule", run)
+
+    async def ChangeLifetime(
+        self, request: pb.ChangeLifetimeRequest, context: Context
+    ) -> pb.ChangeLifetimeResponse:
+        async def run(owner: str) -> pb.ChangeLifetimeResponse:
+            typed = convert.lifetime_change_from_proto(request)
+            grant = await self._backend.change_lifetime(owner, typed)
+            return convert.lifetime_grant_to_proto(grant)
+
+        return await self._unary(context, "ChangeLifetime", run)
+
+    async def ChangeGroupLifetime(
+        self, request: pb.ChangeGroupLifetimeRequest, context: Context
+    ) -> pb.ChangeGroupLifetimeResponse:
+        async def run(owner: str) -> pb.ChangeGroupLifetimeResponse:
+            typed = convert.group_change_from_proto(request)
+            grant = await self._backend.change_group_lifetime(owner, typed)
+            return convert.group_grant_to_proto(grant)
+
+        return await self._unary(context, "ChangeGroupLifetime", run)
+
+    async def ListRules(
+        self, request: pb.ListRulesRequest, context: Context
+    ) -> pb.ListRulesResponse:
+        async def run(owner: str) -> pb.ListRulesResponse:
+            rules = await self._backend.list_rules(
+                owner, request.group_id or None, request.binding_id or None
+            )
+            return pb.ListRulesResponse(rules=[convert.rule_to_proto(r) for r in rules])
+
+        return await self._unary(context, "ListRules", run)
+
+    async def ListBindings(
+        self, request: pb.ListBindingsRequest, context: Context
+    ) -> pb.ListBindingsResponse:
+        async def run(owner: str) -> pb.ListBindingsResponse:
+            bindings = await self._backend.list_bindings(owner, request.group_id or None)
+            return pb.ListBindingsResponse(bindings=[convert.binding_to_proto(b) for b in bindings])
+
+        return await self._unary(context, "ListBindings", run)
+
+    async def ListGroups(
+        self, request: pb.ListGroupsRequest, context: Context
+    ) -> pb.ListGroupsResponse:
+        async def run(owner: str) -> pb.ListGroupsResponse:
+            groups = await self._backend.list_groups(owner)
+            return pb.ListGroupsResponse(groups=[convert.group_to_proto(g) for g in groups])
+
+        return await self._unary(context, "ListGroups", run)
+
+    async def GetRule(self, request: pb.GetRuleRequest, context: Context) -> pb.Rule:
+        async def run(owner: str) -> pb.Rule:
+            return convert.rule_to_proto(await self._backend.get_rule(owner, request.rule_id))
+
+        return await self._unary(context, "GetRule", run)
+
+    async def GetBinding(self, request: pb.GetBindingRequest, context: Context) -> pb.Binding:
+        async def run(owner: str) -> pb.Binding:
+            binding = await self._backend.get_binding(owner, request.binding_id)
+            return convert.binding_to_proto(binding)
+
+        return await self._unary(context, "GetBinding", run)
+
+    async def GetGroup(self, request: pb.GetGroupRequest, context: Context) -> pb.Group:
+        async def run(owner: str) -> pb.Group:
+            return convert.group_to_proto(await self._backend.get_group(owner, request.group_id))
+
+        return await self._unary(context, "GetGroup", run)
+
+    async def Batch(self, request: pb.BatchRequest, context: Context) -> pb.BatchResponse:
+        async def run(owner: str) -> pb.BatchResponse:
+            results = await self._backend.batch(owner, convert.batch_from_proto(request))
+            return pb.BatchResponse(results=[convert.batch_result_to_proto(r) for r in results])
+
+        return await self._unary(context, "Batch", run)
+
+    async def GetExternalAddress(
+        self, request: pb.GetExternalAddressRequest, context: Context
+    ) -> pb.GetExternalAddressResponse:
+        async def run(owner: str) -> pb.GetExternalAddressResponse:
+            addresses = await self._backend.get_external_addresses(owner, request.pool or None)
+            return pb.GetExternalAddressResponse(
+                addresses=[convert.external_address_to_proto(a) for a in addresses]
+            )
+
+        return await self._unary(context, "GetExternalAddress", run)
+
+
+class FcpServer:
+    """A running FCP endpoint: FirewallControl + health + reflection on one port."""
+
+    def __init__(self, backend: FirewallBackend, config: ServerConfig) -> None:
+        self._backend = backend
+        self._config = config
+        self._server: grpc.aio.Server | None = None
+        # The stubs lack the aio flavour of the health servicer; it has the same surface.
+        self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.port = 0
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("FCP server already started")
+        config = self._config
+        # No SO_REUSEPORT: a second agent on the same port must fail, not share the traffic.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        pb_grpc.add_FirewallControlServicer_to_server(
+            FcpServicer(self._backend, config.allowed_identities, config.insecure_identity),
+            server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), server
+        )
+        if config.tls is None:
+            log.warning(
+                "FCP IS SERVING WITHOUT TLS on %s: every caller is %r. Only the socket's "
+                "permissions protect the firewall. Use mutual TLS for anything but a lab.",
+                config.address,
+                config.insecure_identity,
+            )
+            self.port = server.add_insecure_port(config.address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls.private_key, config.tls.cert_chain)],
+                root_certificates=config.tls.client_ca,
+                require_client_auth=True,
+            )
+            self.port = server.add_secure_port(config.address, credentials)
+        await server.start()
+        self._server = server
+        for service in (SERVICE_NAME, ""):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "FCP serving on %s (port %d), epoch %d", config.address, self.port, self._backend.epoch
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        await self._health.enter_graceful_shutdown()
+        await server.stop(self._config.grace_seconds if grace is None else grace)
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> FcpServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()

@@ -1,0 +1,52 @@
+"""Helpers shared by the FCP tests (imported by conftest and the test modules)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from fcp.client import ClientTls, FcpClient
+from fcp.memory_backend import MemoryBackendConfig
+from fcp.server import ServerConfig, ServerTls
+from fcp.types import IpVersion, Pool
+
+ALLOWED = frozenset({"alg-1", "alg-2"})
+PUBLIC_V4 = (ipaddress.IPv4Address("203.0.113.10"), ipaddress.IPv4Address("203.0.113.11"))
+PUBLIC_V6 = (ipaddress.IPv6Address("2001:db8::10"),)
+START = 1_700_000_000.0
+
+
+class FakeClock:
+    """The backend's injectable clock: time moves only when a test says so."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_config(**overrides: object) -> MemoryBackendConfig:
+    pools = (
+        Pool("v4", IpVersion.V4, PUBLIC_V4, 20000, 20999),
+        Pool("v6", IpVersion.V6, PUBLIC_V6, 20000, 20999),
+    )
+    return MemoryBackendConfig(pools=pools, **overrides)  # type: ignore[arg-type]
+
+
+def server_config(pki_dir: Path, address: str = "127.0.0.1:0") -> ServerConfig:
+    tls = ServerTls.from_files(pki_dir / "server.pem", pki_dir / "server.key", pki_dir / "ca.pem")
+    return ServerConfig(address, ALLOWED, tls=tls, grace_seconds=0.1)
+
+
+def client_tls(pki_dir: Path, identity: str) -> ClientTls:
+    return ClientTls.from_files(
+        pki_dir / "ca.pem", pki_dir / f"{identity}.pem", pki_dir / f"{identity}.key"
+    )
+
+
+ClientFactory = Callable[..., Awaitable[FcpClient]]
