@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from alg.errors import SipParseError
+from alg.sip.memo import Memo
 from alg.sip.uri import _IPV4, TOKEN_TEXT, HostKind, SipUri, Uri, parse_uri, split_host_port
 
 Params = tuple[tuple[str, str | None], ...]
@@ -26,10 +27,9 @@ _TOKENS_AND_WS: Final = TOKEN_TEXT | frozenset(" \t")
 # gen-value = token / host / quoted-string; a bracketed IPv6 host adds '[', ']', ':'.
 _GEN_VALUE: Final = TOKEN_TEXT | frozenset("[]:")
 _WS: Final = " \t"
-# Fast path for the usual Via shape: "SIP/2.0/UDP host[:port];params" with no LWS inside.
-_FAST_VIA: Final = re.compile(
+# Fast path for the usual Via shape: "SIP/2.0/UDP host[:port]" with no LWS inside.
+_FAST_VIA_HEAD: Final = re.compile(
     r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9_][A-Za-z0-9.\-_]*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
-    r"((?:;[^;\s\"]+)*)"
 )
 MAX_UINT32: Final = 2**32 - 1
 
@@ -225,20 +225,28 @@ class Via:
 
 
 def parse_via(value: str) -> Via:
-    """One via-parm: `SIP / 2.0 / UDP host[:port] *(; param)`."""
+    """One via-parm: `SIP / 2.0 / UDP host[:port] *(; param)`.
+
+    The part before the parameters recurs (one per UA or proxy), the parameters do not
+    (the branch is unique), so the first is memoized and the second parsed each time."""
+    semi = value.find(";")
+    head, tail = (value, "") if semi < 0 else (value[:semi], value[semi:])
+    protocol, transport, host, kind, port = _via_head(head)
+    return Via(protocol, transport, host, kind, port, _via_params(tail))
+
+
+def _parse_via_head(head: str) -> tuple[str, str, str, HostKind, int | None]:
     header = "Via"
-    fast = _FAST_VIA.fullmatch(value)
+    fast = _FAST_VIA_HEAD.fullmatch(head)
     if fast is not None:
-        transport, host_text, port_text, tail = fast.groups()
+        transport, host_text, port_text = fast.groups()
         try:
             host, kind, port = split_host_port(
                 host_text if port_text is None else f"{host_text}:{port_text}"
             )
         except SipParseError:
             raise _bad(header) from None
-        return Via("SIP/2.0", transport.upper(), host, kind, port, _via_params(tail))
-    semi = value.find(";")
-    head, tail = (value, "") if semi < 0 else (value[:semi], value[semi:])
+        return "SIP/2.0", transport.upper(), host, kind, port
     pieces = head.split("/", 2)
     if len(pieces) != 3:
         raise _bad(header)
@@ -254,7 +262,10 @@ def parse_via(value: str) -> Via:
         host, kind, port = split_host_port("".join(sent_by.split()))
     except SipParseError:
         raise _bad(header) from None
-    return Via(f"{name.upper()}/{version}", transport.upper(), host, kind, port, _via_params(tail))
+    return f"{name.upper()}/{version}", transport.upper(), host, kind, port
+
+
+_via_head = Memo(_parse_via_head)
 
 
 def _via_params(tail: str) -> Params:
@@ -330,23 +341,20 @@ def parse_name_address(value: str, header: str) -> NameAddress:
     value = value.strip(_WS)
     if not value:
         raise _bad(header)
-    display: str | None = None
+    # name-addr: everything up to '>' (display name and URI) recurs from message to
+    # message and is memoized; the parameters after it (the tag) are parsed each time.
     if value[0] == '"':
-        end = _quoted_end(value, 0)
-        display = value[:end]
-        rest = value[end:].lstrip(_WS)
-        if not rest.startswith("<"):
-            raise _bad(header)
-        return _bracketed(display, rest, header)
-    langle = value.find("<")
-    if langle >= 0:
-        candidate = value[:langle].strip(_WS)
-        if candidate:
-            # display-name as *(token LWS): RFC 4475 §3.1.2.15 (baddn) must fail here
-            if not _TOKENS_AND_WS.issuperset(candidate):
-                raise _bad(header)
-            display = candidate
-        return _bracketed(display, value[langle:], header)
+        close = value.find(">", _quoted_end(value, 0))
+    else:
+        close = value.find(">") if "<" in value else -1
+    if close >= 0:
+        try:
+            display, uri = _name_addr_head(value[: close + 1])
+        except SipParseError:
+            raise _bad(header) from None
+        return NameAddress(display, uri, parse_params(value[close + 1 :], header), True)
+    if value[0] == '"' or "<" in value:
+        raise _bad(header)
     # addr-spec form: the URI ends at the first ';' and parameters are header params.
     # A URI containing ',', '?' or ';' must be bracketed (§20), see RFC 4475 §3.1.2.13.
     semi = value.find(";")
@@ -361,15 +369,29 @@ def parse_name_address(value: str, header: str) -> NameAddress:
     return NameAddress(None, uri, parse_params(tail, header), bracketed=False)
 
 
-def _bracketed(display: str | None, rest: str, header: str) -> NameAddress:
-    close = rest.find(">")
-    if close < 0:
-        raise _bad(header)
-    try:
-        uri = parse_uri(rest[1:close])
-    except SipParseError:
-        raise _bad(header) from None
-    return NameAddress(display, uri, parse_params(rest[close + 1 :], header), bracketed=True)
+def _parse_name_addr_head(head: str) -> tuple[str | None, Uri]:
+    """`[display-name] <URI>` (the head ends with '>')."""
+    display: str | None = None
+    if head[0] == '"':
+        end = _quoted_end(head, 0)
+        display = head[:end]
+        rest = head[end:].lstrip(_WS)
+    else:
+        langle = head.find("<")
+        candidate = head[:langle].strip(_WS)
+        if candidate:
+            # display-name as *(token LWS): RFC 4475 §3.1.2.15 (baddn) must fail here
+            if not _TOKENS_AND_WS.issuperset(candidate):
+                raise _bad("name-addr")
+            display = candidate
+        rest = head[langle:]
+    # LAQUOT = SWS "<" and RAQUOT = ">" SWS: no LWS inside the brackets (§3.1.2.14)
+    if not rest.startswith("<") or rest.count("<") != 1:
+        raise _bad("name-addr")
+    return display, parse_uri(rest[1:-1])
+
+
+_name_addr_head = Memo(_parse_name_addr_head)
 
 
 def parse_name_address_list(value: str, header: str) -> list[NameAddress]:
@@ -384,7 +406,7 @@ class ContactList:
     contacts: tuple[NameAddress, ...]
 
 
-def parse_contacts(value: str) -> ContactList:
+def _parse_contacts(value: str) -> ContactList:
     if value.strip(_WS) == "*":
         return ContactList(True, ())
     return ContactList(False, tuple(parse_name_address_list(value, "Contact")))
@@ -422,7 +444,7 @@ def parse_uint(value: str, header: str, maximum: int) -> int:
 def parse_call_id(value: str) -> str:
     text = value.strip(_WS)
     # callid = word [ "@" word ]: no whitespace, and not empty (§25.1)
-    if not text or any(ch in _WS for ch in text) or text.count("@") > 1:
+    if not text or " " in text or "\t" in text or text.count("@") > 1:
         raise _bad("Call-ID")
     return text
 
@@ -444,7 +466,7 @@ class MediaType:
         return value
 
 
-def parse_media_type(value: str) -> MediaType:
+def _parse_media_type(value: str) -> MediaType:
     semi = value.find(";")
     head, tail = (value, "") if semi < 0 else (value[:semi], value[semi:])
     kind, slash, sub = head.partition("/")
@@ -462,3 +484,8 @@ def parse_token_list(value: str, header: str) -> tuple[str, ...]:
     if not all(is_token(item) for item in items):
         raise _bad(header)
     return items
+
+
+# A UA's Contact and the body types recur; see alg.sip.memo.
+parse_contacts = Memo(_parse_contacts)
+parse_media_type = Memo(_parse_media_type)

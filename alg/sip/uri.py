@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from alg.errors import SipParseError
+from alg.sip.memo import Memo
 
 HostKind = Literal["name", "ipv4", "ipv6"]
 
@@ -44,7 +45,7 @@ _PARAM_CHARS: Final = r"[A-Za-z0-9\-_.!~*'()%\[\]/:&+$]"
 _FAST_SIP: Final = re.compile(
     r"(sips?):(?:([A-Za-z0-9\-_.!~*'()%&=+$,]+)(?::([A-Za-z0-9\-_.!~*'()%&=+$,]*))?@)?"
     r"([A-Za-z0-9_][A-Za-z0-9.\-_]*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
-    rf"((?:;{_PARAM_CHARS}+)*)"
+    rf"((?:;{_PARAM_CHARS}+(?:={_PARAM_CHARS}+)?)*)"
 )
 
 
@@ -236,7 +237,7 @@ def _parse_params(text: str, what: str) -> tuple[tuple[str, str | None], ...]:
     return tuple(params)
 
 
-def parse_uri(text: str) -> Uri:
+def parse_uri_uncached(text: str) -> Uri:
     """Parse a URI as found in a Request-URI or inside `<...>` of a name-addr."""
     fast = _FAST_SIP.fullmatch(text)
     if fast is not None:
@@ -314,3 +315,7 @@ def _parse_sip(scheme: str, rest: str, text: str) -> SipUri:
         headers=headers if qmark else None,
         text=text,
     )
+
+
+# URIs recur across messages (the same phones, the same proxies): parse each one once.
+parse_uri: Memo[Uri] = Memo(parse_uri_uncached)
