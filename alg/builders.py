@@ -1,0 +1,128 @@
+"""Messages a proxy generates itself: responses, hop-by-hop ACKs and CANCELs.
+
+They are built by copying the exact bytes of the header fields RFC 3261 says to copy
+(§8.2.6.2 for responses, §17.1.1.3 for the ACK of a non-2xx, §9.1 for CANCEL), so tags,
+branches and odd-but-valid syntax survive unchanged and transactions still match.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+
+from alg.sip import SipMessage
+from alg.sip.headers import split_commas
+
+# RFC 3261 §21 reason phrases for the responses a proxy sends itself.
+REASONS: dict[int, str] = {
+    100: "Trying",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    505: "Version Not Supported",
+}
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def _raw_fields(msg: SipMessage, name: str) -> list[bytes]:
+    """The values of all fields `name`, exactly as received (folding undone)."""
+    return [msg.field_value(field) for field in msg.fields_named(name)]
+
+
+def _line(name: str, value: bytes) -> bytes:
+    return name.encode("ascii") + b": " + value + b"\r\n"
+
+
+def build_response(
+    request: SipMessage,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    extra_headers: Iterable[tuple[str, bytes]] = (),
+    body: bytes = b"",
+    content_type: bytes | None = None,
+) -> bytes:
+    """A response to `request` (§8.2.6.2): Via, From, To, Call-ID and CSeq copied.
+
+    A To tag is added to every response but 100 when the request's To has none
+    (§8.2.6.2); pass `to_tag` to keep one tag across the responses of a transaction."""
+    out = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}\r\n".encode()]
+    out += [_line("Via", value) for value in _raw_fields(request, "via")]
+    out += [_line("From", value) for value in _raw_fields(request, "from")]
+    (to_value,) = _raw_fields(request, "to") or [b""]
+    if status != 100 and "tag" not in {k.lower() for k, _ in request.to.params}:
+        to_value += f";tag={to_tag or new_tag()}".encode()
+    out.append(_line("To", to_value))
+    out += [_line("Call-ID", value) for value in _raw_fields(request, "call-id")]
+    out += [_line("CSeq", value) for value in _raw_fields(request, "cseq")]
+    if status == 100:
+        # §8.2.6.1: a 100 copies any Timestamp header
+        out += [_line("Timestamp", value) for value in _raw_fields(request, "timestamp")]
+    out += [_line(name, value) for name, value in extra_headers]
+    if body:
+        out.append(_line("Content-Type", content_type or b"application/sdp"))
+    out.append(_line("Content-Length", str(len(body)).encode()))
+    out.append(b"\r\n")
+    out.append(body)
+    return b"".join(out)
+
+
+def build_ack(request: SipMessage, response: SipMessage) -> bytes:
+    """The ACK a client transaction sends for a non-2xx final response (§17.1.1.3):
+    same R-URI, single top Via and Route set as the INVITE, To from the response."""
+    uri = getattr(request.start_line, "uri_text", "")
+    out = [f"ACK {uri} SIP/2.0\r\n".encode()]
+    vias = _raw_fields(request, "via")
+    out.append(_line("Via", _first_value(vias[0]) if vias else b""))
+    out += [_line("Route", value) for value in _raw_fields(request, "route")]
+    out += [_line("From", value) for value in _raw_fields(request, "from")]
+    out += [_line("To", value) for value in _raw_fields(response, "to")]
+    out += [_line("Call-ID", value) for value in _raw_fields(request, "call-id")]
+    out.append(_line("CSeq", f"{request.cseq.number} ACK".encode()))
+    out.append(_line("Max-Forwards", b"70"))
+    out.append(b"Content-Length: 0\r\n\r\n")
+    return b"".join(out)
+
+
+def build_cancel(invite: SipMessage) -> bytes:
+    """CANCEL for a forwarded INVITE (§9.1): same R-URI, top Via (branch), Route set,
+    From, To, Call-ID and CSeq number; the CANCEL is its own transaction."""
+    uri = getattr(invite.start_line, "uri_text", "")
+    out = [f"CANCEL {uri} SIP/2.0\r\n".encode()]
+    vias = _raw_fields(invite, "via")
+    out.append(_line("Via", _first_value(vias[0]) if vias else b""))
+    out += [_line("Route", value) for value in _raw_fields(invite, "route")]
+    out += [_line("From", value) for value in _raw_fields(invite, "from")]
+    out += [_line("To", value) for value in _raw_fields(invite, "to")]
+    out += [_line("Call-ID", value) for value in _raw_fields(invite, "call-id")]
+    out.append(_line("CSeq", f"{invite.cseq.number} CANCEL".encode()))
+    out.append(_line("Max-Forwards", b"70"))
+    out.append(b"Content-Length: 0\r\n\r\n")
+    return b"".join(out)
+
+
+def _first_value(via_field: bytes) -> bytes:
+    """The first value of a Via field that may hold several comma-separated values."""
+    text = via_field.decode("utf-8", "surrogateescape")
+    return split_commas(text)[0].encode("utf-8", "surrogateescape")
