@@ -125,24 +125,25 @@ TRANSITIONS: Final[dict[tuple[Kind, State, Event], Transition]] = {
         _S.CALLING, (_A.SEND_REQUEST,), start=("A",)),
     (Kind.INVITE_CLIENT, _S.CALLING, _E.TIMER_B): Transition(
         _S.TERMINATED, (_A.TIMEOUT, _A.TERMINATE), stop=("A",)),
+    # §17.1.1.2: timer B only times out a transaction still in Calling; once a
+    # provisional arrived the INVITE may wait indefinitely (a proxy's Timer C, §16.6
+    # step 11, bounds it).
     (Kind.INVITE_CLIENT, _S.CALLING, _E.PROVISIONAL): Transition(
-        _S.PROCEEDING, (_A.DELIVER,), stop=("A",)),
+        _S.PROCEEDING, (_A.DELIVER,), stop=_ALL_CLIENT_INVITE_TIMERS),
     (Kind.INVITE_CLIENT, _S.CALLING, _E.SUCCESS): Transition(
         _S.ACCEPTED, (_A.DELIVER,), start=("M",), stop=_ALL_CLIENT_INVITE_TIMERS),
     (Kind.INVITE_CLIENT, _S.CALLING, _E.FAILURE): Transition(
         _S.COMPLETED, (_A.DELIVER, _A.SEND_ACK), start=("D",), stop=_ALL_CLIENT_INVITE_TIMERS),
     (Kind.INVITE_CLIENT, _S.CALLING, _E.TRANSPORT_ERROR): Transition(
         _S.TERMINATED, (_A.TRANSPORT_FAILED, _A.TERMINATE), stop=_ALL_CLIENT_INVITE_TIMERS),
-    # §17.1.1.2: in Proceeding, timer B keeps running (a proxy's Timer C handles the
-    # rest); a 1xx after the first only updates the TU.
     (Kind.INVITE_CLIENT, _S.PROCEEDING, _E.PROVISIONAL): Transition(
         _S.PROCEEDING, (_A.DELIVER,)),
     (Kind.INVITE_CLIENT, _S.PROCEEDING, _E.SUCCESS): Transition(
         _S.ACCEPTED, (_A.DELIVER,), start=("M",), stop=_ALL_CLIENT_INVITE_TIMERS),
     (Kind.INVITE_CLIENT, _S.PROCEEDING, _E.FAILURE): Transition(
         _S.COMPLETED, (_A.DELIVER, _A.SEND_ACK), start=("D",), stop=_ALL_CLIENT_INVITE_TIMERS),
-    (Kind.INVITE_CLIENT, _S.PROCEEDING, _E.TIMER_B): Transition(
-        _S.TERMINATED, (_A.TIMEOUT, _A.TERMINATE)),
+    (Kind.INVITE_CLIENT, _S.PROCEEDING, _E.TRANSPORT_ERROR): Transition(
+        _S.TERMINATED, (_A.TRANSPORT_FAILED, _A.TERMINATE)),
     (Kind.INVITE_CLIENT, _S.COMPLETED, _E.FAILURE): Transition(
         _S.COMPLETED, (_A.SEND_ACK,)),  # retransmitted final: ACK again, absorb
     (Kind.INVITE_CLIENT, _S.COMPLETED, _E.TRANSPORT_ERROR): Transition(

@@ -44,12 +44,14 @@ def test_invite_client_over_tcp_never_retransmits() -> None:
     assert fired == [(32.0, (Action.TIMEOUT, Action.TERMINATE))]
 
 
-def test_invite_client_provisional_stops_a_but_b_still_runs() -> None:
+def test_invite_client_provisional_stops_a_and_b() -> None:
     txn = Transaction.start(Kind.INVITE_CLIENT, reliable=False, now=0.0)
     assert txn.handle(Event.PROVISIONAL, 0.2) == (Action.DELIVER,)
     assert txn.state is State.PROCEEDING
-    fired = fire_until(txn, 100.0)
-    assert fired == [(32.0, (Action.TIMEOUT, Action.TERMINATE))]
+    # §17.1.1.2: no retransmission and no timeout in Proceeding (Timer C is the proxy's)
+    assert txn.get_timer() is None
+    assert fire_until(txn, 1000.0) == []
+    assert txn.handle(Event.FAILURE, 500.0) == (Action.DELIVER, Action.SEND_ACK)
 
 
 def test_invite_client_failure_acks_absorbs_retransmissions_then_timer_d() -> None:

@@ -1,0 +1,118 @@
+"""Data the proxy core and its shell exchange: endpoints, interfaces, targets, sends.
+
+The ALG sits between two networks and has one SIP interface on each *side*: `inside`
+(the private LAN) and `outside` (the public network). Every message is received on a
+side and sent from a side, which is what lets the proxy Record-Route twice (RFC 5658)
+and, in the ALG, decide which addresses must be hidden.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from alg.sip import SipMessage
+from alg.transactions import TimerSettings
+
+Side = Literal["inside", "outside"]
+SIDES: tuple[Side, Side] = ("inside", "outside")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A peer address on a side. `connection` names the stream connection a message
+    arrived on (TCP/TLS), so responses go back on it (RFC 3261 §18.2.2)."""
+
+    side: Side
+    transport: str  # "UDP", "TCP", "TLS"
+    host: str
+    port: int
+    connection: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "UDP"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `data` to `to` from our interface on `to.side`."""
+
+    to: Endpoint
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """Our SIP address on one side (what goes into Via and Record-Route)."""
+
+    side: Side
+    host: str
+    port: int = 5060
+
+    def uri(self, transport: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"sip:{host}:{self.port};transport={transport.lower()};lr;r2=on"
+
+    def sent_by(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    interfaces: dict[Side, Interface]
+    # Networks on the inside; a destination outside them is reached from the outside.
+    inside_networks: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+    record_route: bool = True
+    stateless: bool = False
+    timer_c: float = 180.0  # §16.6 step 11: more than three minutes
+    timers: TimerSettings = field(default_factory=TimerSettings)
+    supported_extensions: frozenset[str] = frozenset()  # for Proxy-Require (§16.3 step 5)
+    _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        networks = tuple(ipaddress.ip_network(net, strict=False) for net in self.inside_networks)
+        object.__setattr__(self, "_networks", networks)
+
+    def side_of(self, host: str) -> Side:
+        """The side an address is reached from; names (not literals) count as outside."""
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return "outside"
+        return "inside" if any(address in net for net in self._networks) else "outside"
+
+    def is_ours(self, host: str, port: int | None) -> bool:
+        host = host.strip("[]")
+        return any(
+            iface.host == host and (port or 5060) == iface.port
+            for iface in self.interfaces.values()
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where to send one branch: the Request-URI to use (None: unchanged) and the next
+    hop."""
+
+    next_hop: Endpoint
+    request_uri: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    status: int
+    reason: str | None = None
+
+
+class Router(Protocol):
+    """Decides the targets of a new, out-of-dialog request (§16.5). In-dialog and
+    loose-routed requests are routed by the core from their Route set."""
+
+    def route(self, request: SipMessage, source: Endpoint, now: float) -> Sequence[Target] | Reject:
+        ...
