@@ -114,5 +114,6 @@ class Router(Protocol):
     """Decides the targets of a new, out-of-dialog request (§16.5). In-dialog and
     loose-routed requests are routed by the core from their Route set."""
 
-    def route(self, request: SipMessage, source: Endpoint, now: float) -> Sequence[Target] | Reject:
-        ...
+    def route(
+        self, request: SipMessage, source: Endpoint, now: float
+    ) -> Sequence[Target] | Reject: ...

@@ -302,6 +302,12 @@ class Transaction:
         self._start_timers(transition.start, now)
         return transition.actions
 
+    def abandon(self) -> None:
+        """The TU gives up on this transaction (e.g. a proxy's Timer C fired before any
+        provisional, §16.8): it ends without further actions."""
+        self.state = State.TERMINATED
+        self.deadlines.clear()
+
     def handle_timer(self, now: float) -> tuple[Action, ...]:
         """Fire every timer due at `now` (in deadline order)."""
         actions: list[Action] = []

@@ -1,0 +1,590 @@
+"""The SIP proxy core (RFC 3261 §16), sans-I/O.
+
+Theory of operation
+-------------------
+`ProxyCore.receive(data, source, now)` takes one message as received on a side and
+returns the `Send`s it causes; `handle_timer(now)` fires what is due and `get_timer()`
+says when to call it next. Nothing here touches a socket or a clock.
+
+Stateful mode keeps, per request, a server transaction with its response context
+(§16.7) and one client transaction per branch (§16.6), using the table-driven state
+machines of `alg.transactions`:
+
+* a new request is checked (§16.3: syntax, Max-Forwards → 483, loop → 482,
+  Proxy-Require → 420), answered 100 Trying if it is an INVITE, pre-processed for Route
+  (§16.4), routed (Route set, else the `Router`: location, prefixes, upstream), and
+  forwarded to every target in parallel (forking);
+* responses are matched to their branch; provisionals (but 100) and 2xx go upstream at
+  once, other finals wait for the best one (§16.7 step 6); a 2xx or 6xx cancels the
+  other branches (§16.7 step 10);
+* CANCEL is answered 200 and sent down every branch that has seen a provisional; a branch
+  without one is cancelled as soon as one arrives (§9.1, §16.10);
+* ACK for a non-2xx is absorbed by the INVITE server transaction; ACK for a 2xx is
+  end-to-end and forwarded statelessly along its Route set (§16.6, §13.2.2.4);
+* Timer C (§16.6 step 11) cancels an INVITE branch that rings for too long.
+
+Stateless mode (§16.11) forwards requests with a branch derived from the request and
+responses by their Via, keeping no state at all.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from alg.builders import build_ack, build_cancel, build_response, new_tag
+from alg.errors import SipParseError
+from alg.forwarding import (
+    RoutePlan,
+    build_forwarded,
+    is_loop,
+    new_branch,
+    plan_routes,
+    response_destination,
+    stateless_branch,
+    strip_top_via,
+)
+from alg.proxy_model import Endpoint, ProxyConfig, Reject, Router, Send, Target
+from alg.response_context import ResponseContext, Verdict
+from alg.sip import (
+    MessageEditor,
+    SipMessage,
+    SipUri,
+    check_request,
+    check_response,
+    parse_message,
+    parse_uri,
+)
+from alg.transaction_keys import ClientKey, LegacyServerKey, ServerKey, client_key, server_key
+from alg.transactions import (
+    Action,
+    Event,
+    Kind,
+    State,
+    Transaction,
+    event_for_status,
+    tu_event_for_status,
+)
+
+# Requests that create a dialog get our Record-Route (§16.6 step 4, RFC 6665 §4.3).
+_DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+
+
+@dataclass(eq=False, slots=True)
+class ServerSide:
+    """A server transaction and the response context of the request it received."""
+
+    key: ServerKey | LegacyServerKey
+    txn: Transaction
+    request: SipMessage
+    source: Endpoint
+    to_tag: str
+    context: ResponseContext[SipMessage] = field(default_factory=ResponseContext)
+    branches: list[ClientBranch] = field(default_factory=list)
+    last_response: bytes | None = None
+    scheduled: float | None = None
+
+    def deadline(self) -> float | None:
+        return self.txn.get_timer()
+
+
+@dataclass(eq=False, slots=True)
+class ClientBranch:
+    """A client transaction: one forwarded copy of a request (or our own CANCEL)."""
+
+    number: int
+    key: ClientKey
+    txn: Transaction
+    request: SipMessage
+    data: bytes
+    destination: Endpoint
+    server: ServerSide | None  # None for a CANCEL we generated
+    provisional: bool = False
+    cancel_wanted: bool = False
+    cancelled: bool = False
+    timer_c: float | None = None
+    scheduled: float | None = None
+
+    def deadline(self) -> float | None:
+        txn_timer = self.txn.get_timer()
+        if self.timer_c is None:
+            return txn_timer
+        return self.timer_c if txn_timer is None else min(txn_timer, self.timer_c)
+
+
+class ProxyCore:
+    def __init__(self, config: ProxyConfig, router: Router) -> None:
+        self.config = config
+        self.router = router
+        self.stats: Counter[str] = Counter()
+        self._servers: dict[ServerKey | LegacyServerKey, ServerSide] = {}
+        self._clients: dict[ClientKey, ClientBranch] = {}
+        self._timers: list[tuple[float, int, ServerSide | ClientBranch]] = []
+        self._sequence = itertools.count()
+        self._branch_numbers = itertools.count()
+
+    # --- public interface -----------------------------------------------------------
+
+    @property
+    def transaction_count(self) -> int:
+        return len(self._servers) + len(self._clients)
+
+    def receive(self, data: bytes, source: Endpoint, now: float) -> list[Send]:
+        out: list[Send] = []
+        try:
+            msg = parse_message(data, datagram=source.transport == "UDP")
+        except SipParseError as exc:
+            # Not even a start line and header block: nothing to answer to (§18.3).
+            self.stats["malformed"] += 1
+            self.stats[f"malformed.{exc.status}"] += 1
+            return out
+        if msg.is_request:
+            self._on_request(msg, source, now, out)
+        else:
+            self._on_response(msg, now, out)
+        return out
+
+    def get_timer(self) -> float | None:
+        while self._timers:
+            deadline, _, owner = self._timers[0]
+            if owner.scheduled == deadline:
+                return deadline
+            heapq.heappop(self._timers)  # stale entry
+        return None
+
+    def handle_timer(self, now: float) -> list[Send]:
+        out: list[Send] = []
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, owner = heapq.heappop(self._timers)
+            if owner.scheduled != deadline:
+                continue
+            owner.scheduled = None
+            if isinstance(owner, ServerSide):
+                self._server_actions(owner, owner.txn.handle_timer(now), out)
+            else:
+                self._client_timers(owner, now, out)
+            self._schedule(owner)
+        return out
+
+    # --- requests -------------------------------------------------------------------
+
+    def _on_request(self, msg: SipMessage, source: Endpoint, now: float, out: list[Send]) -> None:
+        try:
+            check_request(msg)
+        except SipParseError as exc:
+            self.stats["malformed"] += 1
+            self.stats[f"malformed.{exc.status}"] += 1
+            if msg.method != "ACK":  # §17.2.1 / §17: an ACK is never answered
+                self._answer_statelessly(msg, source, exc.status, exc.reason, out)
+            return
+        self.stats[f"request.{msg.method}"] += 1
+        if msg.method == "ACK":
+            self._on_ack(msg, source, now, out)
+            return
+        key = server_key(msg)
+        existing = self._servers.get(key)
+        if existing is not None:  # a retransmission (§17.2.1, §17.2.2)
+            self.stats["retransmission"] += 1
+            self._server_actions(existing, existing.txn.handle(Event.REQUEST, now), out)
+            return
+        if self.config.stateless:
+            self._forward_stateless(msg, source, now, out)
+            return
+        if msg.method == "CANCEL":
+            self._on_cancel(msg, source, key, now, out)
+            return
+        kind = Kind.INVITE_SERVER if msg.method == "INVITE" else Kind.NON_INVITE_SERVER
+        server = ServerSide(
+            key,
+            Transaction.start(kind, reliable=source.reliable, now=now, settings=self.config.timers),
+            msg,
+            source,
+            new_tag(),
+        )
+        self._servers[key] = server
+        if kind is Kind.INVITE_SERVER:
+            self._respond(server, 100, now, out)  # §16.2: absorb retransmissions early
+        screened = self._screen(msg)
+        if screened is not None:
+            status, reason, headers = screened
+            self._respond(server, status, now, out, reason=reason, headers=headers)
+            return
+        targets = self._targets(msg, source, now)
+        if isinstance(targets, Reject):
+            self._respond(server, targets.status, now, out, reason=targets.reason)
+            return
+        record_route = (
+            self.config.record_route and msg.method in _DIALOG_CREATING and msg.to.tag is None
+        )
+        routes = plan_routes(msg, self.config)
+        for target in targets:
+            self._fork(server, target, routes, record_route, now, out)
+
+    def _screen(
+        self, msg: SipMessage
+    ) -> tuple[int, str | None, tuple[tuple[str, bytes], ...]] | None:
+        """§16.3 steps 3-5: Max-Forwards, loops, Proxy-Require."""
+        if msg.max_forwards == 0:
+            return 483, None, ()
+        if is_loop(msg, self.config):
+            return 482, None, ()
+        required = msg.token_list("proxy-require", "Proxy-Require")
+        unsupported = [tag for tag in required if tag not in self.config.supported_extensions]
+        if unsupported:
+            return 420, None, (("Unsupported", ", ".join(unsupported).encode()),)
+        return None
+
+    def _targets(self, msg: SipMessage, source: Endpoint, now: float) -> list[Target] | Reject:
+        routes = plan_routes(msg, self.config)
+        if routes.next_route is not None:  # §16.6 step 6: loose routing to the top Route
+            return [Target(self._endpoint_for(routes.next_route))]
+        uri = msg.request_uri
+        if routes.request_uri is not None or msg.to.tag is not None:
+            # in-dialog without further Route: the Request-URI is the remote target
+            target_uri = parse_uri(routes.request_uri) if routes.request_uri else uri
+            if isinstance(target_uri, SipUri):
+                return [Target(self._endpoint_for(target_uri))]
+            return Reject(416)
+        decided = self.router.route(msg, source, now)
+        if isinstance(decided, Reject):
+            return decided
+        return list(decided) if decided else Reject(480)
+
+    def _endpoint_for(self, uri: SipUri) -> Endpoint:
+        transport = (uri.param("transport") or ("tls" if uri.is_sips else "udp")).upper()
+        port = uri.port or (5061 if transport == "TLS" else 5060)
+        host = uri.param("maddr") or uri.host
+        return Endpoint(self.config.side_of(host), transport, host, port)
+
+    def _fork(  # noqa: PLR0917
+        self,
+        server: ServerSide,
+        target: Target,
+        routes: RoutePlan,
+        record_route: bool,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        msg = server.request
+        branch_id = new_branch(msg)
+        data = build_forwarded(
+            msg,
+            source=server.source,
+            target=target.next_hop,
+            config=self.config,
+            routes=routes,
+            branch=branch_id,
+            request_uri=target.request_uri,
+            record_route=record_route,
+        )
+        kind = Kind.INVITE_CLIENT if msg.method == "INVITE" else Kind.NON_INVITE_CLIENT
+        branch = ClientBranch(
+            next(self._branch_numbers),
+            ClientKey(branch_id, msg.method),
+            Transaction.start(
+                kind, reliable=target.next_hop.reliable, now=now, settings=self.config.timers
+            ),
+            parse_message(data),
+            data,
+            target.next_hop,
+            server,
+        )
+        if kind is Kind.INVITE_CLIENT:
+            branch.timer_c = now + self.config.timer_c
+        server.branches.append(branch)
+        server.context.add_branch(branch.number)
+        self._clients[branch.key] = branch
+        out.append(Send(target.next_hop, data))
+        self.stats["forwarded"] += 1
+        self._schedule(branch)
+
+    def _on_ack(self, msg: SipMessage, source: Endpoint, now: float, out: list[Send]) -> None:
+        server = self._servers.get(server_key(msg))
+        if (
+            server is not None
+            and server.txn.kind is Kind.INVITE_SERVER
+            and server.txn.state in (State.COMPLETED, State.CONFIRMED)
+        ):
+            # hop-by-hop ACK for our non-2xx (§17.2.1): absorbed here
+            self._server_actions(server, server.txn.handle(Event.ACK, now), out)
+            return
+        # ACK for a 2xx is end-to-end (§13.2.2.4): forward along its route, no state
+        self._forward_stateless(msg, source, now, out)
+
+    def _on_cancel(
+        self,
+        msg: SipMessage,
+        source: Endpoint,
+        key: ServerKey | LegacyServerKey,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        invite = self._servers.get(server_key(msg, for_method="INVITE"))
+        if invite is None:
+            # §16.10: no response context: forward the CANCEL statelessly
+            self._forward_stateless(msg, source, now, out)
+            return
+        cancel = ServerSide(
+            key,
+            Transaction.start(
+                Kind.NON_INVITE_SERVER,
+                reliable=source.reliable,
+                now=now,
+                settings=self.config.timers,
+            ),
+            msg,
+            source,
+            invite.to_tag,
+        )
+        self._servers[key] = cancel
+        self._respond(cancel, 200, now, out)  # §16.10: 200 to the CANCEL at once
+        if invite.txn.state is State.PROCEEDING:
+            for branch in invite.branches:
+                self._cancel_branch(branch, now, out)
+
+    def _forward_stateless(
+        self, msg: SipMessage, source: Endpoint, now: float, out: list[Send]
+    ) -> None:
+        if msg.max_forwards == 0:
+            if msg.method != "ACK":
+                self._answer_statelessly(msg, source, 483, None, out)
+            return
+        targets = self._targets(msg, source, now)
+        if isinstance(targets, Reject):
+            if msg.method != "ACK":
+                self._answer_statelessly(msg, source, targets.status, targets.reason, out)
+            return
+        target = targets[0]  # §16.11: a stateless proxy does not fork
+        record_route = (
+            self.config.record_route and msg.method in _DIALOG_CREATING and msg.to.tag is None
+        )
+        data = build_forwarded(
+            msg,
+            source=source,
+            target=target.next_hop,
+            config=self.config,
+            routes=plan_routes(msg, self.config),
+            branch=stateless_branch(msg),
+            request_uri=target.request_uri,
+            record_route=record_route,
+        )
+        out.append(Send(target.next_hop, data))
+        self.stats["forwarded.stateless"] += 1
+
+    # --- responses ------------------------------------------------------------------
+
+    def _on_response(self, msg: SipMessage, now: float, out: list[Send]) -> None:
+        try:
+            check_response(msg)
+        except SipParseError:
+            self.stats["dropped.malformed_response"] += 1
+            return
+        top = msg.top_via
+        if not self.config.is_ours(top.host, top.port):
+            self.stats["dropped.not_our_via"] += 1  # §16.7 step 1 precondition
+            return
+        branch = self._clients.get(client_key(msg))
+        if branch is None:
+            self._forward_response_statelessly(msg, out)
+            return
+        actions = branch.txn.handle(event_for_status(msg.status), now)
+        for action in actions:
+            if action is Action.DELIVER:
+                self._deliver(branch, msg, now, out)
+            elif action is Action.SEND_ACK:
+                out.append(Send(branch.destination, build_ack(branch.request, msg)))
+            elif action is Action.TERMINATE:
+                self._clients.pop(branch.key, None)
+        self._schedule(branch)
+
+    def _forward_response_statelessly(self, msg: SipMessage, out: list[Send]) -> None:
+        # §16.7/§16.11: no transaction (stateless mode, or a 2xx retransmission after
+        # the INVITE transaction ended): route by the next Via.
+        if not self.config.stateless and not (
+            200 <= msg.status < 300 and msg.cseq.method == "INVITE"
+        ):
+            self.stats["dropped.stray_response"] += 1
+            return
+        destination = response_destination(msg, self.config)
+        if destination is None:
+            self.stats["dropped.stray_response"] += 1
+            return
+        if destination.host == "255.255.255.255":
+            self.stats["dropped.broadcast_via"] += 1  # RFC 4475 §3.3.10 (bcast)
+            return
+        out.append(Send(destination, strip_top_via(msg)))
+
+    def _deliver(self, branch: ClientBranch, msg: SipMessage, now: float, out: list[Send]) -> None:
+        server = branch.server
+        if server is None:
+            return  # a response to a CANCEL we sent: hop-by-hop, absorbed
+        status = msg.status
+        if status < 200:
+            branch.provisional = True
+            if branch.txn.kind is Kind.INVITE_CLIENT and status > 100:
+                branch.timer_c = now + self.config.timer_c  # §16.7 step 2: reset Timer C
+            if branch.cancel_wanted:
+                self._cancel_branch(branch, now, out)
+            if server.context.provisional(status) is Verdict.FORWARD:
+                self._server_send(server, Event.SEND_PROVISIONAL, strip_top_via(msg), now, out)
+            return
+        branch.timer_c = None
+        decision = server.context.final(branch.number, status, msg)
+        self._apply_decision(
+            server, decision.verdict, msg, decision.final, decision.final_status, now, out
+        )
+
+    def _apply_decision(  # noqa: PLR0917
+        self,
+        server: ServerSide,
+        verdict: Verdict,
+        response: SipMessage,
+        best: SipMessage | None,
+        best_status: int | None,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        if verdict in (Verdict.HOLD, Verdict.ABSORB):
+            return
+        if verdict is Verdict.FORWARD_AND_CANCEL_OTHERS:
+            for other in server.branches:
+                self._cancel_branch(other, now, out)
+        if 200 <= response.status < 300:
+            self._server_send(server, Event.SEND_SUCCESS, strip_top_via(response), now, out)
+            return
+        if best is None:
+            status = best_status or 500
+            data = build_response(server.request, status, to_tag=server.to_tag)
+        else:
+            data = self._with_challenges(server, best)
+        self._server_send(server, tu_event_for_status(best_status or 500), data, now, out)
+
+    def _with_challenges(self, server: ServerSide, best: SipMessage) -> bytes:
+        """§16.7 step 7: a 401/407 carries the challenges of every branch."""
+        if best.status not in (401, 407):
+            return strip_top_via(best)
+        edit = MessageEditor(best)
+        edit.remove_first_value("via")
+        for other in server.context.challenges():
+            if other is best:
+                continue
+            for name in ("www-authenticate", "proxy-authenticate"):
+                for field_ in other.fields_named(name):
+                    edit.append(name, other.field_value(field_))
+        return edit.apply()
+
+    # --- transaction plumbing -------------------------------------------------------
+
+    def _respond(
+        self,
+        server: ServerSide,
+        status: int,
+        now: float,
+        out: list[Send],
+        *,
+        reason: str | None = None,
+        headers: Iterable[tuple[str, bytes]] = (),
+    ) -> None:
+        data = build_response(
+            server.request, status, reason, to_tag=server.to_tag, extra_headers=headers
+        )
+        self._server_send(server, tu_event_for_status(status), data, now, out)
+
+    def _server_send(
+        self, server: ServerSide, event: Event, data: bytes, now: float, out: list[Send]
+    ) -> None:
+        server.last_response = data
+        self._server_actions(server, server.txn.handle(event, now), out)
+        self._schedule(server)
+
+    def _server_actions(
+        self, server: ServerSide, actions: tuple[Action, ...], out: list[Send]
+    ) -> None:
+        for action in actions:
+            if action is Action.SEND_RESPONSE and server.last_response is not None:
+                out.append(Send(server.source, server.last_response))
+            elif action is Action.TERMINATE and self._servers.get(server.key) is server:
+                del self._servers[server.key]
+
+    def _client_timers(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
+        if branch.timer_c is not None and branch.timer_c <= now:
+            branch.timer_c = None
+            self.stats["timer_c"] += 1
+            if branch.provisional:
+                self._cancel_branch(branch, now, out)  # §16.6 step 11: ringing too long
+            else:
+                # §16.8: as if a 408 had arrived on this branch
+                branch.txn.abandon()
+                self._clients.pop(branch.key, None)
+                self._branch_failed(branch, now, out)
+                return
+        for action in branch.txn.handle_timer(now):
+            if action is Action.SEND_REQUEST:
+                out.append(Send(branch.destination, branch.data))
+                self.stats["retransmitted"] += 1
+            elif action in (Action.TIMEOUT, Action.TRANSPORT_FAILED):
+                self._branch_failed(branch, now, out)
+            elif action is Action.TERMINATE:
+                self._clients.pop(branch.key, None)
+
+    def _branch_failed(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
+        server = branch.server
+        if server is None:
+            return
+        decision = server.context.branch_failed(branch.number)
+        if decision.verdict is Verdict.FORWARD:
+            status = decision.final_status or 408
+            data = (
+                build_response(server.request, status, to_tag=server.to_tag)
+                if decision.final is None
+                else self._with_challenges(server, decision.final)
+            )
+            self._server_send(server, tu_event_for_status(status), data, now, out)
+
+    def _cancel_branch(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
+        """§9.1: CANCEL a pending INVITE branch, waiting for a provisional if needed."""
+        if branch.cancelled or branch.txn.kind is not Kind.INVITE_CLIENT:
+            return
+        if branch.txn.state is not State.PROCEEDING:
+            if branch.txn.state is State.CALLING:
+                branch.cancel_wanted = True  # no provisional yet: CANCEL must wait
+            return
+        branch.cancelled = True
+        data = build_cancel(branch.request)
+        cancel = ClientBranch(
+            next(self._branch_numbers),
+            ClientKey(branch.key.branch, "CANCEL"),
+            Transaction.start(
+                Kind.NON_INVITE_CLIENT,
+                reliable=branch.destination.reliable,
+                now=now,
+                settings=self.config.timers,
+            ),
+            parse_message(data),
+            data,
+            branch.destination,
+            None,
+        )
+        self._clients[cancel.key] = cancel
+        out.append(Send(branch.destination, data))
+        self.stats["cancel.sent"] += 1
+        self._schedule(cancel)
+
+    def _answer_statelessly(
+        self, msg: SipMessage, source: Endpoint, status: int, reason: str | None, out: list[Send]
+    ) -> None:
+        try:
+            out.append(Send(source, build_response(msg, status, reason)))
+        except SipParseError:
+            self.stats["dropped.unanswerable"] += 1  # no usable Via/To/...: drop
+
+    def _schedule(self, owner: ServerSide | ClientBranch) -> None:
+        deadline = owner.deadline()
+        if deadline is None:
+            return
+        if owner.scheduled is None or deadline < owner.scheduled:
+            owner.scheduled = deadline
+            heapq.heappush(self._timers, (deadline, next(self._sequence), owner))
