@@ -23,9 +23,16 @@ from alg.sip.uri import _IPV4, TOKEN_TEXT, HostKind, SipUri, Uri, parse_uri, spl
 Params = tuple[tuple[str, str | None], ...]
 
 _TOKEN_STR: Final = TOKEN_TEXT
-_TOKENS_AND_WS: Final = TOKEN_TEXT | frozenset(" \t")
+# Character classes as regexes: one C-level fullmatch instead of building a set from
+# the string, which is what frozenset.issuperset(str) does on every call.
+_TOKEN_CLASS: Final = r"[A-Za-z0-9\-.!%*_+`'~]"
+_TOKEN_RE: Final = re.compile(_TOKEN_CLASS + "+")
+_TOKENS_AND_WS_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ \t]+")
 # gen-value = token / host / quoted-string; a bracketed IPv6 host adds '[', ']', ':'.
-_GEN_VALUE: Final = TOKEN_TEXT | frozenset("[]:")
+_GEN_VALUE_CLASS: Final = r"[A-Za-z0-9\-.!%*_+`'~\[\]:]"
+_GEN_VALUE_RE: Final = re.compile(_GEN_VALUE_CLASS + "+")
+# A whole parameter list without quotes or LWS: ;name[=value] repeated.
+_PLAIN_PARAMS_RE: Final = re.compile(rf"(?:;{_TOKEN_CLASS}+(?:={_GEN_VALUE_CLASS}+)?)+")
 _WS: Final = " \t"
 # Fast path for the usual Via shape: "SIP/2.0/UDP host[:port]" with no LWS inside.
 _FAST_VIA_HEAD: Final = re.compile(
@@ -39,7 +46,7 @@ def _bad(header: str) -> SipParseError:
 
 
 def is_token(text: str) -> bool:
-    return bool(text) and _TOKEN_STR.issuperset(text)
+    return _TOKEN_RE.fullmatch(text) is not None
 
 
 def split_commas(value: str) -> list[str]:
@@ -143,23 +150,19 @@ def parse_params(text: str, header: str) -> Params:
 
 
 def _parse_plain_params(text: str, header: str) -> Params:
-    """The common case: no quoted strings and no LWS, so ';' and '=' split exactly."""
+    """The common case: no quoted strings and no LWS, so ';' and '=' split exactly. The
+    whole list is validated by one regex match first."""
+    if _PLAIN_PARAMS_RE.fullmatch(text) is None:
+        raise _bad(header)
     params: list[tuple[str, str | None]] = []
     for part in text[1:].split(";"):
         name, eq, value = part.partition("=")
-        if not name or not _TOKEN_STR.issuperset(name):
-            raise _bad(header)
-        if eq:
-            if not value or not _GEN_VALUE.issuperset(value):
-                raise _bad(header)
-            params.append((name, value))
-        else:
-            params.append((name, None))
+        params.append((name, value if eq else None))
     return tuple(params)
 
 
 def _is_gen_value(value: str) -> bool:
-    return _GEN_VALUE.issuperset(value)
+    return _GEN_VALUE_RE.fullmatch(value) is not None
 
 
 def param_value(params: Params, name: str) -> str | None:
@@ -381,7 +384,7 @@ def _parse_name_addr_head(head: str) -> tuple[str | None, Uri]:
         candidate = head[:langle].strip(_WS)
         if candidate:
             # display-name as *(token LWS): RFC 4475 §3.1.2.15 (baddn) must fail here
-            if not _TOKENS_AND_WS.issuperset(candidate):
+            if _TOKENS_AND_WS_RE.fullmatch(candidate) is None:
                 raise _bad("name-addr")
             display = candidate
         rest = head[langle:]

@@ -18,6 +18,7 @@ phrase that names the fault. No input can raise anything else (property-tested).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -26,6 +27,7 @@ from alg.sip import headers as h
 from alg.sip.uri import TOKEN_CHARS, Uri, parse_uri
 
 DEFAULT_MAX_SIZE: Final = 65_535
+_METHOD_RE: Final = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+")
 
 # Compact forms (RFC 3261 §7.3.3 and the extensions that define one).
 COMPACT_FORMS: Final[dict[str, str]] = {
@@ -410,7 +412,7 @@ def _parse_request_line(line: bytes) -> RequestLine:
         # RFC 4475 §3.1.2.8-10 (lwsruri, lwsstart, trws): exactly one SP between elements.
         raise SipParseError(400, "Malformed Request-Line")
     method, uri, version = parts
-    if not TOKEN_CHARS.issuperset(method):
+    if _METHOD_RE.fullmatch(method) is None:
         raise SipParseError(400, "Malformed method")
     _check_version(version)
     if uri.startswith(b"<"):

@@ -1,0 +1,210 @@
+"""The ALG's only networking code: a thin asyncio shell around `ProxyCore`.
+
+Per side it listens on UDP and/or TCP at the configured address. Every datagram or framed
+stream message goes to `core.receive(...)`; every resulting `Send` leaves from the
+socket of its side (responses to a TCP request go back on the connection it came on,
+RFC 3261 §18.2.2); one `loop.call_at` timer follows `core.get_timer()`. The core never
+blocks, so neither does the shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import logging
+from collections.abc import Callable
+
+from alg.config import AlgConfig
+from alg.proxy import ProxyCore
+from alg.proxy_model import SIDES, Endpoint, Send, Side
+from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
+
+log = logging.getLogger("sipwall.alg.transport")
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, side: Side, deliver: Callable[[bytes, Endpoint], None]) -> None:
+        self.side = side
+        self.deliver = deliver
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.deliver(data, Endpoint(self.side, "UDP", str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error on %s: %s", self.side, exc)  # e.g. ICMP port unreachable
+
+
+class _Stream(asyncio.Protocol):
+    """One TCP connection, framed by `SipStreamReader`."""
+
+    def __init__(self, shell: AlgShell, side: Side, number: int) -> None:
+        self.shell = shell
+        self.side = side
+        self.number = number
+        self.reader = SipStreamReader(shell.config.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = Endpoint(side, "TCP", "", 0, number)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # asyncio's contract for Protocol
+        self.transport = transport
+        host, port = transport.get_extra_info("peername")[:2]
+        self.peer = Endpoint(self.side, "TCP", str(host), int(port), self.number)
+        self.shell.connections[self.number] = self
+        self.shell.by_peer[(self.side, self.peer.host, self.peer.port)] = self
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.reader.feed(data):
+            if isinstance(event, MessageReceived):
+                self.shell.deliver(event.message.raw, self.peer)
+            elif isinstance(event, KeepAlivePing) and self.transport is not None:
+                self.transport.write(b"\r\n")  # RFC 5626 §3.5.1 pong
+            elif isinstance(event, BadMessage):
+                if event.fatal:
+                    log.info("closing %s: %s", self.peer, event.error.reason)
+                    if self.transport is not None:
+                        self.transport.close()
+                    return
+                self.shell.deliver(event.raw, self.peer)  # the core answers 400
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.shell.connections.pop(self.number, None)
+        key = (self.side, self.peer.host, self.peer.port)
+        if self.shell.by_peer.get(key) is self:
+            del self.shell.by_peer[key]
+
+
+class AlgShell:
+    def __init__(self, config: AlgConfig, core: ProxyCore) -> None:
+        self.config = config
+        self.core = core
+        self.udp: dict[Side, asyncio.DatagramTransport] = {}
+        self.servers: list[asyncio.Server] = []
+        self.connections: dict[int, _Stream] = {}
+        self.by_peer: dict[tuple[Side, str, int], _Stream] = {}
+        self._numbers = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        for side in SIDES:
+            side_config = getattr(self.config, side)
+            address = (side_config.address, side_config.port)
+            if "udp" in side_config.transports:
+                transport, _ = await self._loop.create_datagram_endpoint(
+                    self._datagram_factory(side), local_addr=address
+                )
+                self.udp[side] = transport
+            if "tcp" in side_config.transports:
+                server = await self._loop.create_server(
+                    self._stream_factory(side), *address, reuse_address=True
+                )
+                self.servers.append(server)
+            log.info("listening on %s %s:%d %s", side, *address, side_config.transports)
+
+    def _datagram_factory(self, side: Side) -> Callable[[], _Datagrams]:
+        return lambda: _Datagrams(side, self.deliver)
+
+    def _stream_factory(self, side: Side) -> Callable[[], _Stream]:
+        return lambda: _Stream(self, side, next(self._numbers))
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for transport in self.udp.values():
+            transport.close()
+        for server in self.servers:
+            server.close()
+        for stream in list(self.connections.values()):
+            if stream.transport is not None:
+                stream.transport.close()
+        for server in self.servers:
+            await server.wait_closed()
+        for task in list(self._pending):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- core glue ----------------------------------------------------------------
+
+    def deliver(self, data: bytes, source: Endpoint) -> None:
+        try:
+            sends = self.core.receive(data, source, self._loop.time())
+        except Exception:  # the core must never crash the shell; log and go on
+            log.exception("core failed on a message from %s", source)
+            return
+        self._dispatch(sends)
+        self._arm_timer()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            sends = self.core.handle_timer(self._loop.time())
+        except Exception:
+            log.exception("core failed in a timer")
+            sends = []
+        self._dispatch(sends)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.get_timer()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _dispatch(self, sends: list[Send]) -> None:
+        for send in sends:
+            target = send.to
+            try:
+                ipaddress.ip_address(target.host)
+            except ValueError:
+                log.warning("no DNS resolution yet for %s: dropped", target.host)
+                continue
+            if target.transport == "UDP":
+                transport = self.udp.get(target.side)
+                if transport is None:
+                    log.warning("no UDP socket on the %s side: dropped", target.side)
+                    continue
+                transport.sendto(send.data, (target.host, target.port))
+            else:
+                self._send_stream(send)
+
+    def _send_stream(self, send: Send) -> None:
+        target = send.to
+        stream = None
+        if target.connection is not None:
+            stream = self.connections.get(target.connection)
+        if stream is None:
+            stream = self.by_peer.get((target.side, target.host, target.port))
+        if stream is not None and stream.transport is not None:
+            stream.transport.write(send.data)
+            return
+        task = self._loop.create_task(self._connect_and_send(send))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _connect_and_send(self, send: Send) -> None:
+        target = send.to
+        side_config = getattr(self.config, target.side)
+        try:
+            _, protocol = await asyncio.wait_for(
+                self._loop.create_connection(
+                    self._stream_factory(target.side),
+                    target.host,
+                    target.port,
+                    local_addr=(side_config.address, 0),
+                ),
+                timeout=5.0,
+            )
+        except (OSError, TimeoutError) as exc:
+            log.info("cannot connect to %s:%d: %s", target.host, target.port, exc)
+            return
+        if protocol.transport is not None:
+            protocol.transport.write(send.data)

@@ -1,0 +1,137 @@
+"""ALG configuration: a frozen dataclass read from TOML (`sipwall alg --config alg.toml`).
+
+Every option, with its default, is documented in `alg/alg.example.toml`. A bad file is
+reported as `ConfigError` naming the key, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alg.errors import AlgError
+from alg.proxy_model import SIDES, Interface, ProxyConfig, Side
+from alg.sip import DEFAULT_MAX_SIZE
+from alg.transactions import TimerSettings
+
+
+class ConfigError(AlgError):
+    """The configuration file is unreadable or an option is invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class SideConfig:
+    address: str
+    port: int = 5060
+    transports: tuple[str, ...] = ("udp", "tcp")
+
+
+@dataclass(frozen=True, slots=True)
+class StaticUser:
+    """A user reachable at fixed contacts (until it registers): `user -> contacts`."""
+
+    user: str
+    contacts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AlgConfig:
+    inside: SideConfig
+    outside: SideConfig
+    domains: tuple[str, ...] = ()
+    inside_networks: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+    mode: str = "stateful"  # or "stateless"
+    record_route: bool = True
+    max_message_size: int = DEFAULT_MAX_SIZE
+    timer_c: float = 180.0
+    t1: float = 0.5
+    static_users: tuple[StaticUser, ...] = ()
+    upstream: str | None = None  # default outbound proxy, "host[:port][;transport=x]"
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def proxy_config(self) -> ProxyConfig:
+        interfaces: dict[Side, Interface] = {
+            "inside": Interface("inside", self.inside.address, self.inside.port),
+            "outside": Interface("outside", self.outside.address, self.outside.port),
+        }
+        return ProxyConfig(
+            interfaces=interfaces,
+            inside_networks=self.inside_networks,
+            record_route=self.record_route,
+            stateless=self.mode == "stateless",
+            timer_c=self.timer_c,
+            timers=TimerSettings(t1=self.t1, t2=max(4.0, self.t1 * 8), t4=5.0),
+        )
+
+
+def _side(raw: Any, name: Side) -> SideConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] section is required (address, port, transports)")
+    try:
+        address = str(ipaddress.ip_address(raw["address"]))
+    except KeyError:
+        raise ConfigError(f"[{name}].address is required") from None
+    except ValueError:
+        raise ConfigError(f"[{name}].address is not an IP address: {raw['address']!r}") from None
+    port = raw.get("port", 5060)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"[{name}].port must be 1-65535")
+    transports = tuple(str(t).lower() for t in raw.get("transports", ("udp", "tcp")))
+    if not transports or not set(transports) <= {"udp", "tcp"}:
+        raise ConfigError(f"[{name}].transports must be a non-empty subset of udp, tcp")
+    return SideConfig(address, port, transports)
+
+
+def parse_config(data: Mapping[str, Any]) -> AlgConfig:
+    sides = {name: _side(data.get(name), name) for name in SIDES}
+    proxy = data.get("proxy", {})
+    mode = proxy.get("mode", "stateful")
+    if mode not in ("stateful", "stateless"):
+        raise ConfigError("[proxy].mode must be 'stateful' or 'stateless'")
+    size = proxy.get("max_message_size", DEFAULT_MAX_SIZE)
+    if not isinstance(size, int) or not 1024 <= size <= 1_000_000:
+        raise ConfigError("[proxy].max_message_size must be 1024-1000000 bytes")
+    networks = tuple(
+        proxy.get("inside_networks", AlgConfig.__dataclass_fields__["inside_networks"].default)
+    )
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"[proxy].inside_networks: bad network {network!r}") from None
+    users = []
+    for user, value in data.get("users", {}).items():
+        contacts = [value] if isinstance(value, str) else value
+        if not contacts or not all(isinstance(c, str) and c.startswith("sip:") for c in contacts):
+            raise ConfigError(f"[users].{user} must be a sip: URI or a list of them")
+        users.append(StaticUser(user, tuple(contacts)))
+    return AlgConfig(
+        inside=sides["inside"],
+        outside=sides["outside"],
+        domains=tuple(proxy.get("domains", ())),
+        inside_networks=networks,
+        mode=mode,
+        record_route=bool(proxy.get("record_route", True)),
+        max_message_size=size,
+        timer_c=float(proxy.get("timer_c", 180.0)),
+        t1=float(proxy.get("t1", 0.5)),
+        static_users=tuple(users),
+        upstream=proxy.get("upstream"),
+        log_level=str(data.get("log", {}).get("level", "INFO")).upper(),
+    )
+
+
+def load_config(path: str | Path) -> AlgConfig:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(data)
