@@ -26,6 +26,7 @@ Object lifecycle, as a table (there is no other state):
     rule       enable                         -> LIVE (in4/out4[a] elements)
     rule       change_lifetime(t > 0)         -> LIVE, refreshed (<= binding's expiry)
     rule       change_lifetime(0) | expiry | idle -> GONE, conntrack flushed
+    rule       latch(port), port unknown      -> LIVE with that port, exact elements (latch.py)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from filter_agent import ops
 from filter_agent.allocator import Allocation, Allocator
 from filter_agent.driver import NftDriver
 from filter_agent.errors import AgentError, DriverError, Reason, malformed, not_found
+from filter_agent.latch import latched_rule
 from filter_agent.model import (
     Binding,
     BindingKind,
@@ -246,6 +248,30 @@ class Engine:
                 seen = self._counters.get(r.id, Counters()).last_seen
                 times.append((seen if seen is not None else r.expires_at) + r.max_idle)
         return min(times) if times else None
+
+    def live_rules(self) -> list[tuple[Rule, Binding]]:
+        return [(r, self._bindings[r.binding_id]) for r in self._rules.values()]
+
+    def latch(self, rule_id: str, remote_port: int, now: float) -> Rule:
+        """Latching (latch.py): a port-unknown rule's address-only elements become exact ones,
+        same expiry, one transaction, no conntrack flush (the latching flow is the media)."""
+        old = self._rules.get(rule_id)
+        if old is None:
+            raise not_found("rule")
+        b = self._bindings[old.binding_id]
+        rule = latched_rule(old, b, self._rules.values(), remote_port)
+        if rule is not old:
+            txn = _Txn(change=Change(put_rules=((rule, b),)))
+            self._remove_rule(old, txn, flush=False)
+            self._put_rule(rule, txn)
+            txn.undo.append(lambda: self._forget_rule(rule.id))
+            try:
+                self.driver.apply(plan_change(self.spec, txn.change, now))
+            except DriverError:
+                self._rollback(txn)
+                raise
+            self._commit(txn)
+        return rule
 
     # -- mutations ------------------------------------------------------------------------
 

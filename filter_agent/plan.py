@@ -13,6 +13,7 @@ Base chains, all `policy accept`: we only ever drop traffic that is ours.
   prerouting     nat     prerouting   -100 (dstnat)   public P:p  -> inside I:i   via @dnat4
   forward        filter  forward       0   (filter)   mark ours, check pinholes, drop ours
   postrouting    nat     postrouting  100  (srcnat)   inside I:i  -> public P:p   via @snat4
+  latch_queue    regular chain, only with TableSpec.latch: the NFQUEUE verdict of latching
 
   set / map   key                                          value       per element
   dnat4       l4proto . public addr . public port          I . i       timeout
@@ -59,6 +60,7 @@ KeyPart = str | int
 
 DNAT4, SNAT4 = "dnat4", "snat4"
 IN4, IN4_ANY, OUT4, OUT4_ANY = "in4", "in4a", "out4", "out4a"
+LATCH_QUEUE = "latch_queue"  # regular chain holding the NFQUEUE verdict (latch_plan.py)
 
 _ENDPOINT = ["inet_proto", "ipv4_addr", "inet_service"]
 SET_TYPES: dict[str, list[str]] = {
@@ -88,6 +90,7 @@ class TableSpec:
     family: str = "inet"
     name: str = "sipwall"
     mark: int = 0x00200000  # the ct mark bit meaning "a sipwall connection"
+    latch: bool = False  # port-unknown inbound packets go to @latch_queue (latch_plan.py)
 
     def __post_init__(self) -> None:
         if self.family != "inet":
@@ -302,6 +305,8 @@ def chain_rules(spec: TableSpec) -> dict[str, list[str]]:
             f"{unmarked} return",
             # Ours: every packet needs a live pinhole element, whatever conntrack thinks.
             f"{dst} . ip saddr . th sport @{IN4} accept",
+            # Latching: no exact element yet -> userspace learns the port (latch.py).
+            *([f"{dst} . ip saddr @{IN4_ANY} goto {LATCH_QUEUE}"] if spec.latch else []),
             f"{dst} . ip saddr @{IN4_ANY} accept",
             f"{src} . ip daddr . th dport @{OUT4} accept",
             f"{src} . ip daddr @{OUT4_ANY} accept",
@@ -324,6 +329,8 @@ def setup_script(spec: TableSpec) -> Script:
             lines.append(
                 f"add set {where} {name} {{ type {_type(types)}; flags timeout; counter; }}"
             )
+    if spec.latch:  # before the rule that jumps to it; never flushed here
+        lines.append(f"add chain {where} {LATCH_QUEUE}")
     rules = chain_rules(spec)
     for name, (ctype, hook, prio) in CHAINS.items():
         lines.append(

@@ -22,6 +22,9 @@ from typing import IO, Any
 from filter_agent.driver import sort_elements
 from filter_agent.engine import FlowMatch
 from filter_agent.errors import DriverError
+from filter_agent.latch import QueuedPacket
+from filter_agent.latch_kernel import packets_from_json
+from filter_agent.latch_plan import LatchSpec, QueuePath, QueueProbe
 from filter_agent.plan import Element, Script, TableSpec, Transaction
 
 
@@ -95,6 +98,28 @@ class NetnsDriver:
     def flush(self, flows: Sequence[FlowMatch]) -> int:
         """ConntrackFlusher, in the same namespace."""
         return int(self._call({"op": "flush", "flows": [asdict(f) for f in flows]}))
+
+    # Latching: the worker binds the NFQUEUE (a queue belongs to a namespace) and this
+    # side is a latch.PacketSource; the decisions stay with the engine in this process.
+
+    def latch_probe(self, latch: LatchSpec) -> QueueProbe:
+        return QueueProbe(**self._call({"op": "latch_probe", "queue_num": latch.queue_num}))
+
+    def latch_install(self, latch: LatchSpec, path: QueuePath | None = None) -> QueuePath:
+        request = {"op": "latch_install", "queue_num": latch.queue_num, "path": path}
+        return QueuePath(self._call(request))
+
+    def latch_open(self, latch: LatchSpec) -> None:
+        self._call({"op": "latch_open", "queue_num": latch.queue_num})
+
+    def latch_close(self) -> None:
+        self._call({"op": "latch_close"})
+
+    def poll(self, timeout: float) -> list[QueuedPacket]:
+        return packets_from_json(self._call({"op": "latch_poll", "timeout": timeout}))
+
+    def verdict(self, packet_id: int, accept: bool) -> None:
+        self._call({"op": "latch_verdict", "id": packet_id, "accept": accept})
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

@@ -11,11 +11,14 @@ from filter_agent.conntrack import PyrouteConntrackFlusher
 from filter_agent.drivers.libnftables import LibNftablesDriver
 from filter_agent.engine import FlowMatch
 from filter_agent.errors import DriverError
+from filter_agent.latch_kernel import LatchSession
 from filter_agent.plan import Script, TableSpec
 
 
-def _handle(driver: LibNftablesDriver, request: dict[str, Any]) -> Any:
+def _handle(driver: LibNftablesDriver, request: dict[str, Any], latch: LatchSession) -> Any:
     op = request["op"]
+    if op.startswith("latch_"):  # NFQUEUE latching: the queue lives in this namespace
+        return latch.handle(request)
     if op == "script":
         driver.apply(Script(request["text"]))
         return None
@@ -34,16 +37,19 @@ def _handle(driver: LibNftablesDriver, request: dict[str, Any]) -> Any:
 
 def main(argv: list[str]) -> int:
     family, name, mark = argv
-    driver = LibNftablesDriver(TableSpec(family, name, int(mark, 16)))
+    spec = TableSpec(family, name, int(mark, 16))
+    driver = LibNftablesDriver(spec)
+    latch = LatchSession(driver, spec)
     for line in sys.stdin:
         try:
-            reply = {"ok": True, "result": _handle(driver, json.loads(line))}
+            reply = {"ok": True, "result": _handle(driver, json.loads(line), latch)}
         except DriverError as exc:
             reply = {"ok": False, "error": exc.message, "detail": exc.detail}
         except (ValueError, KeyError, OSError) as exc:
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
+    latch.close()
     return 0
 
 
