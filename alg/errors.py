@@ -37,3 +37,35 @@ class SdpParseError(AlgError):
 
 class SdpRewriteError(AlgError):
     """A rewrite asked of a session description cannot be applied (bad index, bad value)."""
+
+
+class RouteTableError(AlgError):
+    """A route table (TOML) is invalid; `entry` names the offending entry, e.g. `route[3]`."""
+
+    def __init__(self, reason: str, entry: str | None = None, source: str | None = None) -> None:
+        where = "".join(f"{part}: " for part in (source, entry) if part)
+        super().__init__(where + reason)
+        self.reason = reason
+        self.entry = entry
+        self.source = source
+
+
+class LogConfigError(AlgError):
+    """Logging settings are invalid (unknown level, bad syslog collector, bad facility)."""
+
+
+class LocationStoreError(AlgError):
+    """The location service could not read or commit bindings (a registrar answers 500,
+    RFC 3261 §10.3 step 7: no tentative binding survives a failed commit)."""
+
+
+class DigestParseError(SipParseError):
+    """An Authorization/Proxy-Authorization header with the Digest scheme is malformed
+    (answered 400, RFC 7616 §3.4). Other schemes are not errors: they are ignored."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(400, reason)
+
+
+class SubscriberStoreError(AlgError):
+    """The subscriber database refused an operation (duplicate user, bad name, I/O)."""
