@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 
+from alg.errors import SipParseError
 from alg.sip import SipMessage
 from alg.sip.headers import split_commas
 
@@ -70,8 +71,9 @@ def build_response(
     out = [f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}\r\n".encode()]
     out += [_line("Via", value) for value in _raw_fields(request, "via")]
     out += [_line("From", value) for value in _raw_fields(request, "from")]
-    (to_value,) = _raw_fields(request, "to") or [b""]
-    if status != 100 and "tag" not in {k.lower() for k, _ in request.to.params}:
+    to_values = _raw_fields(request, "to")
+    to_value = to_values[0] if to_values else b""
+    if status != 100 and not _has_tag(request, to_value):
         to_value += f";tag={to_tag or new_tag()}".encode()
     out.append(_line("To", to_value))
     out += [_line("Call-ID", value) for value in _raw_fields(request, "call-id")]
@@ -86,6 +88,15 @@ def build_response(
     out.append(b"\r\n")
     out.append(body)
     return b"".join(out)
+
+
+def _has_tag(request: SipMessage, to_value: bytes) -> bool:
+    """Whether To has a tag; a 400 for a malformed To must still be buildable, so fall
+    back to the raw text when it does not parse."""
+    try:
+        return request.to.tag is not None
+    except SipParseError:
+        return b";tag=" in to_value.lower().replace(b" ", b"")
 
 
 def build_ack(request: SipMessage, response: SipMessage) -> bytes:

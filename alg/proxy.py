@@ -137,9 +137,9 @@ class ProxyCore:
         try:
             msg = parse_message(data, datagram=source.transport == "UDP")
         except SipParseError as exc:
-            # Not even a start line and header block: nothing to answer to (§18.3).
             self.stats["malformed"] += 1
             self.stats[f"malformed.{exc.status}"] += 1
+            self._answer_unparsable(data, exc, source, out)
             return out
         if msg.is_request:
             self._on_request(msg, source, now, out)
@@ -572,6 +572,33 @@ class ProxyCore:
         out.append(Send(branch.destination, data))
         self.stats["cancel.sent"] += 1
         self._schedule(cancel)
+
+    def _answer_unparsable(
+        self, data: bytes, error: SipParseError, source: Endpoint, out: list[Send]
+    ) -> None:
+        """A request whose start line is bad (505, or 400 for RFC 4475 §3.1.2.7-10) still
+        deserves an answer: re-read it behind a placeholder start line only to copy Via,
+        From, To, Call-ID and CSeq (§8.2.6.2). Responses and ACKs are never answered, and
+        anything whose header block cannot be read is dropped (§18.3)."""
+        line_end = data.find(b"\r\n")
+        head_end = data.find(b"\r\n\r\n")
+        if line_end <= 0 or head_end < 0 or data[:4].upper() == b"SIP/":
+            return
+        if data.startswith(b"ACK "):
+            return
+        # Only the header block, without the Content-Length that may be what is wrong
+        # (RFC 4475 §3.1.2.2-3, §3.3.9): enough to copy the fields a response needs.
+        lines = [
+            line
+            for line in data[line_end + 2 : head_end].split(b"\r\n")
+            if line.split(b":", 1)[0].strip().lower() not in (b"content-length", b"l")
+        ]
+        head = b"\r\n".join([b"OPTIONS sip:invalid SIP/2.0", *lines])
+        try:
+            stand_in = parse_message(head + b"\r\nContent-Length: 0\r\n\r\n")
+        except SipParseError:
+            return
+        self._answer_statelessly(stand_in, source, error.status, error.reason, out)
 
     def _answer_statelessly(
         self, msg: SipMessage, source: Endpoint, status: int, reason: str | None, out: list[Send]

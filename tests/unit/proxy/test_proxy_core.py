@@ -254,3 +254,16 @@ def test_stray_response_and_broadcast_via_dropped() -> None:
         b"203.0.113.1:5060;branch", b"198.51.100.9:5060;branch"
     )
     assert core.receive(not_ours, BOB, 0.1) == []
+
+
+def test_bad_start_line_and_framing_still_get_an_answer() -> None:
+    core, _ = new_core()
+    bad_version = invite().replace(b"SIP/2.0\r\nVia", b"SIP/7.0\r\nVia", 1)
+    (answer,) = sent_to(core.receive(bad_version, ALICE, 0.0), ALICE)
+    assert answer.status == 505 and answer.call_id == "call-1@10.77.0.10"
+    too_long = invite().replace(b"Content-Length: ", b"Content-Length: 9")
+    (answer,) = sent_to(core.receive(too_long, ALICE, 0.0), ALICE)
+    assert answer.status == 400 and "Content-Length" in answer.start_line.reason  # type: ignore[union-attr]
+    # an ACK or a response with a bad start line is never answered
+    assert core.receive(bad_version.replace(b"INVITE sip:", b"ACK sip:", 1), ALICE, 0.0) == []
+    assert core.receive(b"SIP/2.0 2000 Bad\r\nVia: x\r\n\r\n", BOB, 0.0) == []
