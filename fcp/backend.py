@@ -26,6 +26,12 @@ Contract for implementations (FCP v1 semantics, ARCHITECTURE §4; MIDCOM RFC 518
   order, or none is and the error carries `operation_index`.
 * `epoch` is fixed for the life of the backend and differs from any previous run's (PCP
   §8.5); the server uses it for STALE_EPOCH.
+* `ADMIN_OWNER` ("*", never a valid certificate identity) is the owner the server passes
+  for an identity configured as an administrator (`ServerConfig.admin_identities`, used
+  by `sipwall ctl`). A backend that supports it shows every owner's objects to it, with
+  group ids qualified as "<owner>/<group>", lets it change lifetimes and release (telling
+  the owner with REMOVED_BY_ADMIN), and refuses creation with NOT_AUTHORIZED. A backend
+  that does not support it sees an owner that owns nothing.
 * `watch_events` yields `WATCH_STARTED` first, once the subscription is live, then every
   event about the owner's objects plus agent-wide events (address changes, draining),
   until the consumer stops iterating (the server closes the generator on cancellation).
@@ -34,7 +40,7 @@ Contract for implementations (FCP v1 semantics, ARCHITECTURE §4; MIDCOM RFC 518
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from fcp.types import (
     BatchRequest,
@@ -53,6 +59,8 @@ from fcp.types import (
     Session,
     SessionRequest,
 )
+
+ADMIN_OWNER: Final = "*"
 
 
 class FirewallBackend(Protocol):

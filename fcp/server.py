@@ -12,6 +12,10 @@ Insecure (plaintext) serving exists for a unix socket or loopback only, with one
 identity, and says so loudly in the log: it is for a single-host deployment where the
 socket's file permissions are the access control.
 
+Identities in `ServerConfig.admin_identities` (operators, `sipwall ctl`) are allowed and
+reach the backend as `fcp.backend.ADMIN_OWNER`; what an admin may do is the backend's
+decision (see `fcp.backend`).
+
 The standard health service (`grpc.health.v1.Health`) and server reflection are
 registered; they are not identity-checked beyond the TLS handshake.
 """
@@ -34,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fcp import convert
-from fcp.backend import FirewallBackend
+from fcp.backend import ADMIN_OWNER, FirewallBackend
 from fcp.certs import identity_of
 from fcp.errors import FcpError, Reason, malformed
 from fcp.status import EPOCH_METADATA_KEY, STATUS_DETAILS_KEY, encode_detail, status_code
@@ -72,6 +76,8 @@ class ServerConfig:
     tls: ServerTls | None = None
     insecure_identity: str | None = None  # the owner of every call when tls is None
     grace_seconds: float = 1.0
+    # Operators (`sipwall ctl`): allowed too, and the backend sees them as ADMIN_OWNER.
+    admin_identities: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.tls is None:
@@ -122,9 +128,11 @@ class FcpServicer(pb_grpc.FirewallControlServicer):
         backend: FirewallBackend,
         allowed_identities: frozenset[str],
         insecure_identity: str | None = None,
+        admin_identities: frozenset[str] = frozenset(),
     ) -> None:
         self._backend = backend
-        self._allowed = allowed_identities
+        self._allowed = allowed_identities | admin_identities
+        self._admins = admin_identities
         self._insecure_identity = insecure_identity
 
     # ---- plumbing --------------------------------------------------------------------
@@ -134,7 +142,7 @@ class FcpServicer(pb_grpc.FirewallControlServicer):
         if identity is None or identity not in self._allowed:
             log.warning("refused FCP call from %s (identity %r)", context.peer(), identity)
             raise FcpError(Reason.NOT_AUTHORIZED, f"identity {identity!r} is not allowed")
-        return identity
+        return ADMIN_OWNER if identity in self._admins else identity
 
     def _check_epoch(self, context: Context) -> None:
         for key, value in context.invocation_metadata() or ():
@@ -331,7 +339,12 @@ class FcpServer:
         # No SO_REUSEPORT: a second agent on the same port must fail, not share the traffic.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_FirewallControlServicer_to_server(
-            FcpServicer(self._backend, config.allowed_identities, config.insecure_identity),
+            FcpServicer(
+                self._backend,
+                config.allowed_identities,
+                config.insecure_identity,
+                config.admin_identities,
+            ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

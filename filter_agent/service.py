@@ -1,0 +1,695 @@
+"""`AgentService`: the filter agent as an FCP backend — a thin asyncio shell over the
+sans-I/O `Engine`, with write-ahead persistence, timers, events and table watching.
+
+Theory of operation
+-------------------
+Every mutating RPC runs synchronously on the event loop, start to finish: idempotency
+lookup, engine batch (one libnftables transaction), one SQLite transaction, answer. Nothing
+awaits in between, so RPCs are serialized without a lock and the engine, the kernel and
+the store never disagree at an await point. Measured on the lab machine a reservation is
+a few hundred microseconds of libnftables plus ~100 µs of SQLite, so running them on the
+loop costs less than an executor hop would; the one slow call — dumping every element
+with its counters (`observe`) — runs in a worker thread on its own libnftables context
+and hands the dump to the engine on the loop.
+
+Timers (aioquic style): `Engine.next_timer()` says when `expire` has work; a background
+task sleeps until then (or until the next counter poll), and a mutation that creates an
+earlier deadline wakes it. The kernel enforces every expiry by itself (element timeouts),
+so timer precision only affects events and bookkeeping, never forwarding.
+
+Ownership (FCP §4): every call carries the caller's identity; the engine scopes all ids
+by owner. `fcp.backend.ADMIN_OWNER` is the operator: it sees everything, group ids are
+shown as "<owner>/<group>", it may change lifetimes and release (the owner then gets
+REMOVED_BY_ADMIN), and it may not create objects.
+
+Idempotency is handled here, over FCP values (`fcp.idempotency.IdempotencyCache`), not in
+the engine: the first result is replayed byte-identical and the records expire after a
+TTL; they are persisted so a retry across an agent restart still replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ipaddress
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import replace
+
+from fcp import convert
+from fcp import types as f
+from fcp.backend import ADMIN_OWNER
+from fcp.errors import FcpError, Reason, not_found
+from fcp.idempotency import IdempotencyCache
+from fcp.v1 import fcp_pb2 as pb
+from filter_agent import model as m
+from filter_agent import ops, snapshot
+from filter_agent.driver import NftDriver
+from filter_agent.engine import ConntrackFlusher, Engine
+from filter_agent.engine import Event as EngineEvent
+from filter_agent.engine import EventKind as EngineEventKind
+from filter_agent.errors import AgentError, DriverError
+from filter_agent.plan import Element, TableSpec
+from filter_agent.queries import Queries
+from filter_agent.recovery import Recovery, recover
+from filter_agent.snapshot import QuarantinedPort
+from filter_agent.store import IdempotencyRecord, Loaded, Store, StoreTxn
+from filter_agent.translate import QUALIFIER, View, agent_error, enable_op, fingerprint, reserve_op
+from filter_agent.wiring import DryRun, DryRunDriver, PrefetchDriver, ServiceSettings, build_engine
+
+log = logging.getLogger("sipwall.agent.service")
+
+Results = tuple[f.BatchResult, ...]
+WATCH_QUEUE = 10_000  # events buffered per watcher before it is cut off
+
+
+class AgentService:
+    """Implements `fcp.backend.FirewallBackend` over an `Engine`; see the module docstring.
+
+    Build with `AgentService.open(...)` (recovers state), then `await start()` for the
+    timers, `await drain()` and `await close()` to stop.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        settings: ServiceSettings,
+        recovery: Recovery,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        reader: Callable[[], tuple[Element, ...]] | None = None,
+        table_probe: Callable[[], bool] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.settings = settings
+        self.recovery = recovery
+        self._clock = clock
+        self._wall = wall
+        self._reader = reader
+        self._probe = table_probe or engine.driver.table_exists
+        self._epoch = recovery.epoch
+        self._idem: IdempotencyCache[Results] = IdempotencyCache(settings.idempotency_ttl)
+        for record in recovery.idempotency:
+            results = tuple(
+                convert.batch_result_from_proto(r)
+                for r in pb.BatchResponse.FromString(record.result).results
+            )
+            self._idem.remember(
+                record.owner,
+                record.key,
+                record.fingerprint,
+                results,
+                record.expires_at - settings.idempotency_ttl,
+            )
+        self._incarnations: dict[str, str] = {}
+        self._watchers: list[tuple[str, asyncio.Queue[f.Event | None]]] = []
+        self._sequence = 0
+        self._draining = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wakeup = asyncio.Event()
+        self._scheduled = math.inf
+        self._persisted: dict[str, m.Counters] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "sipwall-observe")
+        self.rebuilds = 0  # times the table was rebuilt after vanishing
+
+    @classmethod
+    def open(
+        cls,
+        settings: ServiceSettings,
+        driver: NftDriver,
+        store: Store,
+        loaded: Loaded | None,
+        lost: str | None,
+        *,
+        boot_id: str,
+        flusher: ConntrackFlusher | None = None,
+        spec: TableSpec | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        reader: Callable[[], tuple[Element, ...]] | None = None,
+        table_probe: Callable[[], bool] | None = None,
+    ) -> AgentService:
+        """Recover from the store and the kernel (see `filter_agent.recovery`)."""
+        engine = build_engine(settings, driver, spec=spec, flusher=flusher, rng=rng)
+        recovery = recover(
+            engine,
+            store,
+            loaded,
+            lost,
+            boot_id=boot_id,
+            now=clock(),
+            rng=rng or random.SystemRandom(),
+        )
+        # Build the UDP port spaces now: the first reservation must not pay for it.
+        for address in settings.addresses:
+            engine.allocator.free_ports(address, m.Protocol.UDP, clock())
+        return cls(
+            engine,
+            store,
+            settings,
+            recovery,
+            clock=clock,
+            wall=wall,
+            reader=reader,
+            table_probe=table_probe,
+        )
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._timer_loop(), name="sipwall-timers"),
+            asyncio.create_task(self._table_loop(), name="sipwall-table-watch"),
+        ]
+
+    async def drain(self) -> None:
+        """Refuse new reservations and tell every watcher (AGENT_DRAINING)."""
+        self._draining = True
+        self._publish(None, f.EventKind.AGENT_DRAINING, message="agent is shutting down")
+
+    async def close(self) -> None:
+        """Stop timers and event streams. Kernel state is left as it is: media keeps
+        flowing and the next agent start picks the state up again."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        for _, queue in self._watchers:
+            queue.put_nowait(None)
+        self._executor.shutdown(wait=True)
+        self.store.close()
+
+    # ---- FirewallBackend: sessions and events --------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def capabilities(self) -> f.Capabilities:
+        s = self.settings
+        pool = f.Pool(
+            s.pool_name,
+            f.IpVersion.V4,
+            tuple(ipaddress.IPv4Address(a) for a in s.addresses),
+            s.port_min,
+            s.port_max,
+        )
+        return f.Capabilities(
+            ip_versions=(f.IpVersion.V4,),
+            pools=(pool,),
+            rtp_pair=True,
+            rtcp_mux=True,
+            block=True,
+            max_block_size=s.max_block,
+            max_lifetime_seconds=int(s.max_lifetime),
+            latching=True,  # remote port may be absent: address-only pinhole (RFC 7362)
+        )
+
+    async def open_session(self, owner: str, request: f.SessionRequest) -> f.Session:
+        previous = self._incarnations.get(owner)
+        if request.release_previous_state and owner != ADMIN_OWNER:
+            groups = sorted(
+                {b.group for b in snapshot.all_bindings(self.engine) if b.owner == owner}
+            )
+            for group in groups:
+                self._release_group(owner, group)
+            self._idem.forget_owner(owner)
+        self._incarnations[owner] = request.incarnation_id
+        return f.Session(self.capabilities, self._epoch, owner, request.incarnation_id, previous)
+
+    def _release_group(self, owner: str, group: str) -> None:
+        request = f.GroupLifetimeChange(group, 0)
+        self._mutate(owner, None, request, lambda now: self._apply(owner, [request], now))
+
+    async def watch_events(self, owner: str) -> AsyncIterator[f.Event]:
+        queue: asyncio.Queue[f.Event | None] = asyncio.Queue(WATCH_QUEUE)
+        entry = (owner, queue)
+        self._watchers.append(entry)
+        try:
+            yield self._event(f.EventKind.WATCH_STARTED)
+            while (event := await queue.get()) is not None:
+                yield event
+        finally:
+            if entry in self._watchers:
+                self._watchers.remove(entry)
+
+    def _event(self, kind: f.EventKind, **fields: object) -> f.Event:
+        self._sequence += 1
+        return f.Event(self._sequence, kind, self._wall(), self._epoch, **fields)  # type: ignore[arg-type]
+
+    def _publish(self, owner: str | None, kind: f.EventKind, **fields: object) -> None:
+        """To the owner's watchers and the admins'; owner None: to everyone."""
+        event = self._event(kind, **fields)
+        for entry in list(self._watchers):
+            watcher, queue = entry
+            if owner is not None and watcher not in (owner, ADMIN_OWNER):
+                continue
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                # A consumer this slow has lost track anyway: end its stream; it re-lists.
+                log.warning("event watcher of %s is too slow; closing its stream", watcher)
+                self._watchers.remove(entry)
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(None)
+
+    # ---- FirewallBackend: mutations -------------------------------------------------------
+
+    async def reserve_binding(self, owner: str, request: f.BindingRequest) -> f.Binding:
+        result = self._mutate_one(owner, request)
+        assert isinstance(result, f.Binding)
+        return result
+
+    async def enable_rule(self, owner: str, request: f.RuleRequest) -> f.Rule:
+        result = self._mutate_one(owner, request)
+        assert isinstance(result, f.Rule)
+        return result
+
+    async def change_lifetime(self, owner: str, request: f.LifetimeChange) -> f.LifetimeGrant:
+        result = self._mutate_one(owner, request)
+        assert isinstance(result, f.LifetimeGrant)
+        return result
+
+    async def change_group_lifetime(
+        self, owner: str, request: f.GroupLifetimeChange
+    ) -> f.GroupLifetimeGrant:
+        result = self._mutate_one(owner, request)
+        assert isinstance(result, f.GroupLifetimeGrant)
+        return result
+
+    async def batch(self, owner: str, request: f.BatchRequest) -> Sequence[f.BatchResult]:
+        if owner == ADMIN_OWNER:
+            raise FcpError(Reason.NOT_AUTHORIZED, "admin identities do not batch")
+        return self._mutate(
+            owner,
+            request.idempotency_key,
+            request,
+            lambda now: self._apply(owner, list(request.operations), now),
+        )
+
+    def _mutate_one(self, owner: str, request: f.BatchOperation) -> f.BatchResult:
+        self._refuse_admin_create(owner, (request,))
+        if owner == ADMIN_OWNER:
+            actual, request = self._admin_target(request)
+            results = self._mutate(
+                owner,
+                request.idempotency_key,
+                request,
+                lambda now: self._apply(actual, [request], now, by_admin=True),
+            )
+        else:
+            results = self._mutate(
+                owner,
+                request.idempotency_key,
+                request,
+                lambda now: self._apply(owner, [request], now),
+            )
+        return results[0]
+
+    def _refuse_admin_create(self, owner: str, operations: Iterable[f.BatchOperation]) -> None:
+        if owner == ADMIN_OWNER and any(
+            isinstance(op, f.BindingRequest | f.RuleRequest) for op in operations
+        ):
+            raise FcpError(Reason.NOT_AUTHORIZED, "admin identities do not create objects")
+
+    def _admin_target(self, request: f.BatchOperation) -> tuple[str, f.BatchOperation]:
+        """Which owner an admin request acts on, and the request in that owner's terms."""
+        if isinstance(request, f.GroupLifetimeChange):
+            owner, sep, group = request.group_id.partition(QUALIFIER)
+            if not sep or not group:
+                raise not_found("group", request.group_id)
+            return owner, replace(request, group_id=group)
+        if isinstance(request, f.LifetimeChange):
+            found: m.Binding | m.Rule | None = (
+                snapshot.find_rule(self.engine, request.target_id)
+                if request.target is f.LifetimeTarget.RULE
+                else snapshot.find_binding(self.engine, request.target_id)
+            )
+            if found is None:
+                raise not_found(request.target.value, request.target_id)
+            return found.owner, request
+        raise FcpError(Reason.NOT_AUTHORIZED, "admin identities do not create objects")
+
+    def _mutate(
+        self,
+        owner: str,
+        key: str | None,
+        request: object,
+        apply: Callable[[float], tuple[Results, Callable[[StoreTxn], None]]],
+    ) -> Results:
+        """Idempotency, engine, store, in that order, with no await in between."""
+        now = self._clock()
+        fp = fingerprint(request)
+        seen = self._idem.lookup(owner, key, fp, now)
+        if seen is not None:
+            return seen
+        results, persist = apply(now)
+        record = None
+        if key is not None:
+            blob = pb.BatchResponse(
+                results=[convert.batch_result_to_proto(r) for r in results]
+            ).SerializeToString()
+            record = IdempotencyRecord(owner, key, fp, blob, now + self.settings.idempotency_ttl)
+        with self.store.transaction() as txn:
+            persist(txn)
+            if record is not None:
+                txn.put_idempotency(record)
+        self._idem.remember(owner, key, fp, results, now)
+        return results
+
+    def _view(self, now: float, *, admin: bool = False) -> View:
+        return View(self._wall() - self._clock(), now, admin)
+
+    def _apply(
+        self, owner: str, requests: list[f.BatchOperation], now: float, *, by_admin: bool = False
+    ) -> tuple[Results, Callable[[StoreTxn], None]]:
+        """Run FCP operations as one engine batch; returns results and the store writes."""
+        engine = self.engine
+        eops: list[ops.Op] = []
+        before: dict[str, m.Binding | m.Rule | None] = {}
+        group_sizes: list[tuple[int, int]] = []
+        for index, request in enumerate(requests):
+            try:
+                eops.append(self._engine_op(owner, request, before, group_sizes))
+            except FcpError as exc:
+                raise (exc.with_operation_index(index) if len(requests) > 1 else exc) from None
+        try:
+            raw = engine.batch(owner, eops, now)
+        except AgentError as exc:
+            error = agent_error(exc)
+            if len(requests) > 1 and not isinstance(exc, DriverError):
+                failing = self._failing_index(owner, eops, now)
+                if failing is not None:
+                    error = error.with_operation_index(failing)
+            raise error from None
+        view = self._view(now)
+        results: list[f.BatchResult] = []
+        sizes = iter(group_sizes)
+        for request, result in zip(requests, raw, strict=True):
+            if isinstance(result, m.Binding):
+                before.setdefault(result.id, None)
+                results.append(
+                    Queries(engine, self.settings.pool_name, owner, view).binding(result)
+                )
+            elif isinstance(result, m.Rule) and isinstance(request, f.RuleRequest):
+                before.setdefault(result.id, None)
+                results.append(view.rule(result, snapshot.rule_counters(engine, result.id)))
+            elif isinstance(request, f.LifetimeChange):
+                assert not isinstance(result, m.Group)
+                expires = None if result is None else view.wall(result.expires_at)
+                granted = 0 if result is None else view.remaining(result.expires_at)
+                results.append(f.LifetimeGrant(granted, expires))
+            else:
+                nb, nr = next(sizes)
+                expires = None if not isinstance(result, m.Group) else result.expires_at
+                granted = 0 if expires is None else view.remaining(expires)
+                results.append(
+                    f.GroupLifetimeGrant(
+                        granted, None if expires is None else view.wall(expires), nb, nr
+                    )
+                )
+        self._wake_if_earlier(raw)
+        if by_admin:
+            self._announce_admin_removals(owner, before)
+        return tuple(results), lambda txn: self._persist(txn, before, now)
+
+    def _engine_op(
+        self,
+        owner: str,
+        request: f.BatchOperation,
+        before: dict[str, m.Binding | m.Rule | None],
+        group_sizes: list[tuple[int, int]],
+    ) -> ops.Op:
+        """The engine op for an FCP request; notes which objects it may change."""
+        engine = self.engine
+        if isinstance(request, f.BindingRequest):
+            if self._draining:
+                raise FcpError(Reason.NETWORK_FAILURE, "agent is draining", retry_after=1.0)
+            return reserve_op(request, self.settings.pool_name)
+        if isinstance(request, f.RuleRequest):
+            if self._draining:
+                raise FcpError(Reason.NETWORK_FAILURE, "agent is draining", retry_after=1.0)
+            return enable_op(request)
+        if isinstance(request, f.LifetimeChange):
+            prefix = "r" if request.target is f.LifetimeTarget.RULE else "b"
+            if not request.target_id.startswith(prefix):
+                raise not_found(request.target.value, request.target_id)
+            found = (
+                snapshot.find_rule(engine, request.target_id)
+                if prefix == "r"
+                else snapshot.find_binding(engine, request.target_id)
+            )
+            if found is not None and found.owner == owner:
+                before[found.id] = found
+                if isinstance(found, m.Binding):
+                    for r in snapshot.rules_of(engine, found.id):
+                        before[r.id] = r
+            return ops.ChangeLifetime(request.target_id, float(request.lifetime_seconds))
+        members = engine.list_bindings(owner, request.group_id)
+        nrules = 0
+        for b in members:
+            before[b.id] = b
+            for r in snapshot.rules_of(engine, b.id):
+                before[r.id] = r
+                nrules += 1
+        group_sizes.append((len(members), nrules))
+        return ops.ChangeGroupLifetime(request.group_id, float(request.lifetime_seconds))
+
+    def _failing_index(self, owner: str, eops: list[ops.Op], now: float) -> int | None:
+        """Which op of a failed batch fails: replay growing prefixes against a driver that
+        refuses everything (the engine rolls back every time). Error path only."""
+        engine = self.engine
+        real, engine.driver = engine.driver, DryRunDriver()
+        try:
+            for i in range(1, len(eops) + 1):
+                try:
+                    engine.batch(owner, eops[:i], now)
+                except DryRun:
+                    continue
+                except AgentError:
+                    return i - 1
+            return None
+        finally:
+            engine.driver = real
+
+    def _persist(
+        self, txn: StoreTxn, before: dict[str, m.Binding | m.Rule | None], now: float
+    ) -> None:
+        """Write what a call changed: every touched id either exists now or is gone."""
+        put_b, put_r, del_b, del_r = [], [], [], []
+        freed: list[QuarantinedPort] = []
+        deadline = now + self.settings.quarantine
+        for oid, old in before.items():
+            b = snapshot.find_binding(self.engine, oid)
+            if b is not None:
+                put_b.append(b)
+                continue
+            r = snapshot.find_rule(self.engine, oid)
+            if r is not None:
+                put_r.append(r)
+            elif oid.startswith("b"):
+                del_b.append(oid)
+                if isinstance(old, m.Binding):
+                    freed.extend(
+                        QuarantinedPort(deadline, old.external_addr, old.protocol, port)
+                        for port in old.external_ports
+                    )
+            else:
+                del_r.append(oid)
+        for oid in del_r:
+            self._persisted.pop(oid, None)
+        txn.put_bindings(put_b)
+        txn.put_rules(put_r)
+        txn.delete_rules(del_r)
+        txn.delete_bindings(del_b)
+        txn.quarantine(freed)
+
+    def _announce_admin_removals(
+        self, owner: str, before: dict[str, m.Binding | m.Rule | None]
+    ) -> None:
+        for oid, old in before.items():
+            if old is None or snapshot.find_binding(self.engine, oid):
+                continue
+            if snapshot.find_rule(self.engine, oid):
+                continue
+            self._publish(
+                owner,
+                f.EventKind.REMOVED_BY_ADMIN,
+                group_id=old.group,
+                binding_id=old.id if isinstance(old, m.Binding) else old.binding_id,
+                rule_id=old.id if isinstance(old, m.Rule) else None,
+                message="removed by an operator",
+            )
+
+    # ---- FirewallBackend: queries ---------------------------------------------------------
+
+    async def list_bindings(self, owner: str, group_id: str | None = None) -> Sequence[f.Binding]:
+        return self._queries(owner).list_bindings(group_id)
+
+    async def list_rules(
+        self, owner: str, group_id: str | None = None, binding_id: str | None = None
+    ) -> Sequence[f.Rule]:
+        return self._queries(owner).list_rules(group_id, binding_id)
+
+    async def list_groups(self, owner: str) -> Sequence[f.Group]:
+        return self._queries(owner).list_groups()
+
+    async def get_rule(self, owner: str, rule_id: str) -> f.Rule:
+        return self._queries(owner).get_rule(rule_id)
+
+    async def get_binding(self, owner: str, binding_id: str) -> f.Binding:
+        return self._queries(owner).get_binding(binding_id)
+
+    async def get_group(self, owner: str, group_id: str) -> f.Group:
+        return self._queries(owner).get_group(group_id)
+
+    async def get_external_addresses(
+        self, owner: str, pool: str | None = None
+    ) -> Sequence[f.ExternalAddress]:
+        if pool is not None and pool != self.settings.pool_name:
+            raise not_found("pool", pool)
+        return [
+            f.ExternalAddress(address, p.name, p.ip_version)
+            for p in self.capabilities.pools
+            for address in p.external_addresses
+        ]
+
+    def _queries(self, owner: str) -> Queries:
+        view = self._view(self._clock(), admin=owner == ADMIN_OWNER)
+        return Queries(self.engine, self.settings.pool_name, owner, view)
+
+    # ---- timers, counters, table watch ---------------------------------------------------
+
+    def _wake_if_earlier(self, results: Iterable[object]) -> None:
+        for result in results:
+            expires = getattr(result, "expires_at", None)
+            if expires is not None and expires < self._scheduled:
+                self._wakeup.set()
+                return
+
+    async def _timer_loop(self) -> None:
+        next_observe = self._clock()
+        while True:
+            due = self.engine.next_timer()
+            wake = min(next_observe, math.inf if due is None else due)
+            self._scheduled = wake
+            delay = max(0.0, wake - self._clock())
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+            except TimeoutError:
+                pass
+            now = self._clock()
+            try:
+                if now >= next_observe:
+                    started = self._clock()
+                    await self._observe()
+                    took = self._clock() - started
+                    # A full counter dump is O(elements); with 100,000 pinholes it takes
+                    # long enough to matter, so its duty cycle is capped at 20 %.
+                    next_observe = self._clock() + max(self.settings.observe_interval, 4 * took)
+                due = self.engine.next_timer()
+                if due is not None and due <= self._clock():
+                    self.expire_now()
+            except (AgentError, OSError):
+                log.exception("timer work failed; retrying in a second")
+                await asyncio.sleep(1.0)
+
+    async def _observe(self) -> None:
+        """Kernel counters -> engine (last-seen, idle), changed ones -> store."""
+        prefetched: tuple[Element, ...] | None = None
+        if self._reader is not None:
+            loop = asyncio.get_running_loop()
+            prefetched = await loop.run_in_executor(self._executor, self._reader)
+        self.observe_now(prefetched)
+
+    def observe_now(self, prefetched: tuple[Element, ...] | None = None) -> None:
+        driver = self.engine.driver
+        assert isinstance(driver, PrefetchDriver)
+        driver.prefetched = prefetched
+        try:
+            self.engine.observe(self._clock())
+        finally:
+            driver.prefetched = None
+        changed = []
+        for r in snapshot.all_rules(self.engine):
+            c = snapshot.rule_counters(self.engine, r.id)
+            if self._persisted.get(r.id) != c:
+                changed.append((r.id, c))
+                self._persisted[r.id] = c
+        if changed:
+            with self.store.transaction() as txn:
+                txn.put_counters(changed)
+
+    def expire_now(self) -> list[EngineEvent]:
+        """Close what timed out or idled out; persist; tell the owners."""
+        now = self._clock()
+        bindings = {b.id: b for b in snapshot.all_bindings(self.engine)}
+        rules = {r.id: r for r in snapshot.all_rules(self.engine)}
+        events = self.engine.expire(now)
+        if not events:
+            return events
+        by_binding: dict[str, list[m.Rule]] = {}
+        for r in rules.values():
+            by_binding.setdefault(r.binding_id, []).append(r)
+        before: dict[str, m.Binding | m.Rule | None] = {}
+        for event in events:
+            obj = bindings.get(event.object_id) or rules.get(event.object_id)
+            before[event.object_id] = obj
+            if isinstance(obj, m.Binding):
+                for r in by_binding.get(obj.id, []):
+                    before[r.id] = r
+        with self.store.transaction() as txn:
+            self._persist(txn, before, now)
+            txn.prune(now)
+        self._idem.expire(now)
+        for event in events:
+            self._persisted.pop(event.object_id, None)
+            rule = rules.get(event.object_id)
+            kind = f.EventKind.IDLE if event.kind is EngineEventKind.IDLE else f.EventKind.EXPIRED
+            self._publish(
+                event.owner,
+                kind,
+                group_id=event.group,
+                binding_id=rule.binding_id if rule is not None else event.object_id,
+                rule_id=event.object_id if rule is not None else None,
+            )
+        return events
+
+    async def _table_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.table_poll_interval)
+            try:
+                self.check_table()
+            except (AgentError, OSError):
+                log.exception("could not rebuild the nftables table; will retry")
+
+    def check_table(self) -> bool:
+        """If the table vanished (firewall reload, `nft flush ruleset`), rebuild it with
+        every live element. Returns whether it had to."""
+        if self._probe():
+            return False
+        if not self.engine.reconcile(self._clock()):
+            return False
+        self.rebuilds += 1
+        self._persisted.clear()  # kernel counters restarted from zero
+        log.warning(
+            "nftables table %s %s was deleted behind our back; rebuilt with %d objects",
+            self.engine.spec.family,
+            self.engine.spec.name,
+            snapshot.object_count(self.engine),
+        )
+        return True

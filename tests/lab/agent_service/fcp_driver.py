@@ -1,0 +1,119 @@
+"""An FCP client that runs INSIDE the lab (`ip netns exec <gw> python fcp_driver.py ...`)
+and is driven by the test over JSON lines on stdin/stdout, so the root namespace never
+talks to the lab's network.
+
+    python fcp_driver.py TARGET PKI_DIR
+    {"op": "open", "as": "alg-1"}              -> {"ok": {"epoch": N, "changed": false}}
+    {"op": "reserve", "as": ..., "group": ..., "addr": ..., "port": ..., "lifetime": ...}
+    {"op": "enable", "as": ..., "binding_id": ..., "remote": ..., "remote_port": ...,
+     "lifetime": ...}
+    {"op": "release_group", "as": ..., "group": ...}
+    {"op": "get_binding", "as": ..., "binding_id": ...}
+    {"op": "rogue"}   a client certificate from another CA tries to list bindings
+Every answer is {"ok": ...} or {"error": "<FCP reason>", "message": ...}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from fcp.certs import generate_ca, issue_client
+from fcp.client import ClientTls, FcpClient, RetryPolicy
+from fcp.errors import FcpError
+from fcp.types import (
+    BindingKind,
+    BindingRequest,
+    Direction,
+    Endpoint,
+    RuleRequest,
+    TransportProtocol,
+)
+
+
+class Driver:
+    def __init__(self, target: str, pki: Path) -> None:
+        self.target = target
+        self.pki = pki
+        self.clients: dict[str, FcpClient] = {}
+
+    def client(self, identity: str) -> FcpClient:
+        if identity not in self.clients:
+            tls = ClientTls.from_files(
+                self.pki / "ca.pem", self.pki / f"{identity}.pem", self.pki / f"{identity}.key"
+            )
+            self.clients[identity] = FcpClient(
+                self.target, tls, deadline=2.0, retry=RetryPolicy(attempts=1)
+            )
+        return self.clients[identity]
+
+    async def run(self, cmd: dict[str, Any]) -> Any:
+        op = cmd["op"]
+        if op == "rogue":
+            rogue = issue_client(generate_ca("rogue CA"), "alg-1")
+            tls = ClientTls((self.pki / "ca.pem").read_bytes(), rogue.cert_pem, rogue.key_pem)
+            async with FcpClient(
+                self.target, tls, deadline=2.0, retry=RetryPolicy(attempts=1)
+            ) as client:
+                return len(await client.list_bindings())
+        client = self.client(cmd["as"])
+        if op == "open":
+            changed = client.epoch_changed
+            session = await client.open_session()
+            return {"epoch": session.epoch, "changed": changed}
+        if op == "reserve":
+            b = await client.reserve_binding(
+                BindingRequest(
+                    cmd["group"],
+                    Endpoint(ipaddress.IPv4Address(cmd["addr"]), cmd["port"]),
+                    TransportProtocol.UDP,
+                    BindingKind.RTP_PAIR,
+                    cmd["lifetime"],
+                )
+            )
+            return {
+                "binding_id": b.binding_id,
+                "address": str(b.external_address),
+                "ports": list(b.external_ports),
+            }
+        if op == "enable":
+            r = await client.enable_rule(
+                RuleRequest(
+                    cmd["binding_id"],
+                    Direction.BIDIRECTIONAL,
+                    ipaddress.IPv4Address(cmd["remote"]),
+                    cmd["lifetime"],
+                    cmd["remote_port"],
+                )
+            )
+            return {"rule_id": r.rule_id}
+        if op == "release_group":
+            grant = await client.release_group(cmd["group"])
+            return {"bindings": grant.bindings, "rules": grant.rules}
+        if op == "get_binding":
+            b = await client.get_binding(cmd["binding_id"])
+            return {"binding_id": b.binding_id, "packets": b.counters.packets}
+        raise ValueError(f"unknown op {op!r}")
+
+
+async def main(argv: list[str]) -> int:
+    driver = Driver(argv[0], Path(argv[1]))
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        cmd = json.loads(line)
+        try:
+            answer: dict[str, Any] = {"ok": await driver.run(cmd)}
+        except FcpError as exc:
+            answer = {"error": exc.reason.value, "message": exc.message}
+        print(json.dumps(answer), flush=True)
+    for client in driver.clients.values():
+        await client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

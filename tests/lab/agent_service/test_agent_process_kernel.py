@@ -1,0 +1,140 @@
+"""The real agent process in the gateway namespace, driven over FCP + mTLS from inside the
+lab, against the real kernel.
+
+inside 10.77.0.10 -- gw 10.77.0.1 | 203.0.113.1 (agent, forwarding) -- outside .20 / .30
+
+Absence of packets is proven by ordering (a stream that must be dropped goes first, a
+stream that must pass follows on the same path) or by the receiver's timestamps against
+the moment of the change, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from labs.netns import wait_until
+from labs.traffic import now
+
+pytestmark = pytest.mark.kernel
+
+INSIDE, REMOTE = "10.77.0.10", "203.0.113.20"
+ALG = {"as": "alg-1"}
+
+
+def call_setup(lab: Any, lifetime: int = 60) -> tuple[dict[str, Any], float, float]:
+    """Reserve + enable for inside:4000 <-> REMOTE:5000; returns the binding, the time
+    before the request and the time after the answer."""
+    before = now()
+    b = lab.ok("reserve", group="c1", addr=INSIDE, port=4000, lifetime=lifetime, **ALG)
+    lab.ok(
+        "enable",
+        binding_id=b["binding_id"],
+        remote=REMOTE,
+        remote_port=5000,
+        lifetime=lifetime,
+        **ALG,
+    )
+    return b, before, now()
+
+
+def test_stream_flows_only_after_reserve_and_enable_and_stops_on_release(agent_lab: Any) -> None:
+    lab, g = agent_lab, agent_lab.g
+    b = lab.ok("reserve", group="c1", addr=INSIDE, port=4000, lifetime=60, **ALG)
+    pub, port = b["address"], b["ports"][0]
+    rx = lab.recv(g.inside, INSIDE, 4000)
+    lab.send(g.outside, REMOTE, 5000, pub, port, tag="early", count=20).wait()
+    lab.ok(
+        "enable", binding_id=b["binding_id"], remote=REMOTE, remote_port=5000, lifetime=60, **ALG
+    )
+    tx = lab.send(g.outside, REMOTE, 5000, pub, port, tag="s", count=400, interval=0.01)
+    wait_until(lambda: len(rx.packets()) >= 30, 10, what="stream established")
+    released = now()
+    assert lab.ok("release_group", group="c1", **ALG) == {"bindings": 1, "rules": 1}
+    wait_until(lambda: tx.sent_until() > released + 1.5, 15, what="sender kept going")
+    got = rx.packets()
+    assert {p.tag for p in got} == {"s"}  # nothing before the rule
+    assert max(p.t for p in got) <= released + 1.0  # established flow cut within 1 s
+    assert lab.nft("list", "set", "inet", "sipwall", "in4").stdout.count("elements") == 0
+
+
+def test_forged_and_unowned_requests_are_refused(agent_lab: Any) -> None:
+    lab = agent_lab
+    b, _, _ = call_setup(lab)
+    forged = lab.call("rogue")
+    assert forged.get("error") == "NETWORK_FAILURE"  # TLS handshake refused
+    unowned = lab.call("get_binding", binding_id=b["binding_id"], **{"as": "alg-2"})
+    assert unowned.get("error") == "NOT_FOUND"
+    assert lab.ok("get_binding", binding_id=b["binding_id"], **ALG)["binding_id"]
+
+
+def test_sigkill_and_restart_lose_no_packet_and_keep_the_epoch(agent_lab: Any) -> None:
+    lab, g = agent_lab, agent_lab.g
+    epoch = lab.ok("open", **ALG)["epoch"]
+    b, _, _ = call_setup(lab)
+    count = 500
+    rx = lab.recv(g.inside, INSIDE, 4000)
+    tx = lab.send(
+        g.outside, REMOTE, 5000, b["address"], b["ports"][0], tag="s", count=count, interval=0.01
+    )
+    wait_until(lambda: len(rx.packets()) >= 50, 10, what="stream established")
+    lab.kill_agent(signal.SIGKILL)
+    lab.start_agent()
+    # The client's calls keep working (no STALE_EPOCH) and the session reports the epoch.
+    assert lab.ok("get_binding", binding_id=b["binding_id"], **ALG)["packets"] >= 0
+    assert lab.ok("open", **ALG) == {"epoch": epoch, "changed": False}
+    tx.wait(timeout=20)
+    wait_until(lambda: len(rx.packets()) >= count, 10, what="every packet arrives")
+    assert sorted(p.seq for p in rx.packets()) == list(range(count))
+    restarted = lab.last_log()
+    assert "1 bindings and 1 rules recovered" in restarted
+    assert "state lost" not in restarted
+
+
+def test_deleted_table_is_rebuilt_within_a_second(agent_lab: Any) -> None:
+    lab, g = agent_lab, agent_lab.g
+    b, _, _ = call_setup(lab)
+    rx = lab.recv(g.inside, INSIDE, 4000)
+    lab.send(
+        g.outside, REMOTE, 5000, b["address"], b["ports"][0], tag="s", count=600, interval=0.01
+    )
+    wait_until(lambda: len(rx.packets()) >= 50, 10, what="stream established")
+    deleted = now()
+    assert lab.nft("delete", "table", "inet", "sipwall").returncode == 0
+    wait_until(
+        lambda: "203.0.113.20" in lab.nft("list", "set", "inet", "sipwall", "in4").stdout,
+        2,
+        interval=0.02,
+        what="table rebuilt with the pinhole",
+    )
+    rebuilt = now()
+    assert rebuilt - deleted <= 1.0
+    wait_until(lambda: any(p.t > rebuilt + 0.3 for p in rx.packets()), 10, what="stream resumes")
+    assert "deleted behind our back" in lab.log_text()
+
+
+def test_expiry_with_the_agent_dead_stops_the_stream(agent_lab: Any) -> None:
+    lab, g = agent_lab, agent_lab.g
+    b, before, applied = call_setup(lab, lifetime=3)
+    lab.kill_agent(signal.SIGKILL)  # only kernel timeouts remain
+    rx = lab.recv(g.inside, INSIDE, 4000)
+    tx = lab.send(
+        g.outside, REMOTE, 5000, b["address"], b["ports"][0], tag="s", count=700, interval=0.01
+    )
+    wait_until(lambda: len(rx.packets()) >= 20, 10, what="stream established")
+    wait_until(lambda: tx.sent_until() > applied + 3 + 1.5, 15, what="sender past expiry")
+    last = max(p.t for p in rx.packets())
+    assert before + 3 - 1.0 <= last <= applied + 3 + 1.0
+
+
+def test_sigterm_drains_and_keeps_the_kernel_state(agent_lab: Any) -> None:
+    lab = agent_lab
+    call_setup(lab)
+    started = time.monotonic()
+    assert lab.kill_agent(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 5
+    assert "203.0.113.20" in lab.nft("list", "set", "inet", "sipwall", "in4").stdout
+    assert "agent stopped" in lab.log_text()
