@@ -16,6 +16,7 @@ import itertools
 import logging
 from collections.abc import Callable
 
+from alg.cdr import Cdr
 from alg.config import AlgConfig
 from alg.proxy import ProxyCore
 from alg.proxy_model import SIDES, Endpoint, Send, Side
@@ -77,9 +78,15 @@ class _Stream(asyncio.Protocol):
 
 
 class AlgShell:
-    def __init__(self, config: AlgConfig, core: ProxyCore) -> None:
+    def __init__(
+        self,
+        config: AlgConfig,
+        core: ProxyCore,
+        on_calls: Callable[[list[Cdr]], None] | None = None,
+    ) -> None:
         self.config = config
         self.core = core
+        self.on_calls = on_calls  # finished call records (CDRs), written by the caller
         self.udp: dict[Side, asyncio.DatagramTransport] = {}
         self.servers: list[asyncio.Server] = []
         self.connections: dict[int, _Stream] = {}
@@ -137,7 +144,15 @@ class AlgShell:
             log.exception("core failed on a message from %s", source)
             return
         self._dispatch(sends)
+        self._drain_calls()
         self._arm_timer()
+
+    def _drain_calls(self) -> None:
+        if self.core.finished_calls and self.on_calls is not None:
+            try:
+                self.on_calls(self.core.take_finished_calls())
+            except OSError:
+                log.exception("cannot write call records")
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -147,6 +162,7 @@ class AlgShell:
             log.exception("core failed in a timer")
             sends = []
         self._dispatch(sends)
+        self._drain_calls()
         self._arm_timer()
 
     def _arm_timer(self) -> None:

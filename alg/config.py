@@ -39,6 +39,33 @@ class StaticUser:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrarConfig:
+    enabled: bool = True
+    database: str = ":memory:"  # SQLite file for the location service
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    max_contacts: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    realm: str = "sipwall"
+    subscribers: str | None = None  # SQLite subscriber db; None: no authentication
+    register: bool = True  # challenge REGISTER with 401
+    outbound: bool = True  # challenge requests leaving the inside with 407
+    nonce_lifetime: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    enabled: bool = False
+    invite: tuple[float, float] = (5.0, 20.0)  # per second, burst
+    register: tuple[float, float] = (2.0, 10.0)
+    other: tuple[float, float] = (20.0, 100.0)
+
+
+@dataclass(frozen=True, slots=True)
 class AlgConfig:
     inside: SideConfig
     outside: SideConfig
@@ -52,6 +79,12 @@ class AlgConfig:
     static_users: tuple[StaticUser, ...] = ()
     upstream: str | None = None  # default outbound proxy, "host[:port][;transport=x]"
     log_level: str = "INFO"
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    routes_file: str | None = None  # prefix table (alg/routes.example.toml)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    cdr_file: str | None = None  # JSON lines, one record per call
+    pid_file: str | None = None  # for `sipwall ctl reload` (SIGHUP)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def proxy_config(self) -> ProxyConfig:
@@ -85,6 +118,80 @@ def _side(raw: Any, name: Side) -> SideConfig:
     if not transports or not set(transports) <= {"udp", "tcp"}:
         raise ConfigError(f"[{name}].transports must be a non-empty subset of udp, tcp")
     return SideConfig(address, port, transports)
+
+
+def _section(data: Mapping[str, Any], name: str, allowed: set[str]) -> Mapping[str, Any]:
+    section = data.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    unknown = set(section) - allowed
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown option(s) {', '.join(sorted(unknown))}")
+    return section
+
+
+def _int_option(section: Mapping[str, Any], name: str, key: str, default: int) -> int:
+    value = section.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"[{name}].{key} must be a non-negative integer")
+    return value
+
+
+def _rate(
+    section: Mapping[str, Any], key: str, default: tuple[float, float]
+) -> tuple[float, float]:
+    value = section.get(key, list(default))
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int | float) and v > 0 for v in value)
+    ):
+        raise ConfigError(f"[ratelimit].{key} must be [per_second, burst], both > 0")
+    return float(value[0]), float(value[1])
+
+
+def _services(data: Mapping[str, Any]) -> dict[str, Any]:
+    registrar = _section(
+        data,
+        "registrar",
+        {"enabled", "database", "min_expires", "max_expires", "default_expires", "max_contacts"},
+    )
+    auth = _section(
+        data, "auth", {"realm", "subscribers", "register", "outbound", "nonce_lifetime"}
+    )
+    limits = _section(data, "ratelimit", {"enabled", "invite", "register", "other"})
+    files = _section(data, "files", {"routes", "cdr", "pid"})
+    minimum = _int_option(registrar, "registrar", "min_expires", 60)
+    maximum = _int_option(registrar, "registrar", "max_expires", 3600)
+    default = _int_option(registrar, "registrar", "default_expires", 3600)
+    if not 0 < minimum <= default <= maximum:
+        raise ConfigError("[registrar]: need 0 < min_expires <= default_expires <= max_expires")
+    return {
+        "registrar": RegistrarConfig(
+            enabled=bool(registrar.get("enabled", True)),
+            database=str(registrar.get("database", ":memory:")),
+            min_expires=minimum,
+            max_expires=maximum,
+            default_expires=default,
+            max_contacts=max(1, _int_option(registrar, "registrar", "max_contacts", 10)),
+        ),
+        "auth": AuthConfig(
+            realm=str(auth.get("realm", "sipwall")),
+            subscribers=auth.get("subscribers"),
+            register=bool(auth.get("register", True)),
+            outbound=bool(auth.get("outbound", True)),
+            nonce_lifetime=max(10, _int_option(auth, "auth", "nonce_lifetime", 300)),
+        ),
+        "ratelimit": RateLimitSettings(
+            enabled=bool(limits.get("enabled", False)),
+            invite=_rate(limits, "invite", (5.0, 20.0)),
+            register=_rate(limits, "register", (2.0, 10.0)),
+            other=_rate(limits, "other", (20.0, 100.0)),
+        ),
+        "routes_file": files.get("routes"),
+        "cdr_file": files.get("cdr"),
+        "pid_file": files.get("pid"),
+    }
 
 
 def parse_config(data: Mapping[str, Any]) -> AlgConfig:
@@ -123,6 +230,7 @@ def parse_config(data: Mapping[str, Any]) -> AlgConfig:
         static_users=tuple(users),
         upstream=proxy.get("upstream"),
         log_level=str(data.get("log", {}).get("level", "INFO")).upper(),
+        **_services(data),
     )
 
 

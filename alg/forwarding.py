@@ -19,6 +19,8 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
+from alg.auth import parse_credentials
+from alg.errors import SipParseError
 from alg.proxy_model import Endpoint, Interface, ProxyConfig
 from alg.sip import MessageEditor, SipMessage, SipUri
 from alg.sip.headers import split_commas
@@ -136,15 +138,19 @@ def build_forwarded(
     branch: str,
     request_uri: str | None,
     record_route: bool,
+    route_set: tuple[str, ...] = (),
 ) -> bytes:
-    """The bytes of `msg` as forwarded to `target` (§16.6 steps 1-8)."""
+    """The bytes of `msg` as forwarded to `target` (§16.6 steps 1-8). `route_set` (a
+    registered Path, RFC 3327 §5.3) goes in front of whatever Route remains."""
     edit = MessageEditor(msg)
     stamp_received(edit, source)
     new_uri = request_uri or routes.request_uri
     if new_uri is not None:
         edit.set_request_uri(new_uri)
-    if routes.ours_on_top or routes.request_uri is not None:
-        _drop_routes(edit, msg, routes)
+    if routes.ours_on_top or routes.request_uri is not None or route_set:
+        _drop_routes(edit, msg, routes, route_set)
+    if config.auth_realm is not None:
+        _drop_our_credentials(edit, msg, config.auth_realm)
     max_forwards = msg.max_forwards
     if max_forwards is None:
         edit.append("max-forwards", b"70")
@@ -164,17 +170,32 @@ def build_forwarded(
     return edit.apply()
 
 
-def _drop_routes(edit: MessageEditor, msg: SipMessage, routes: RoutePlan) -> None:
-    """Remove our leading Route entries (and the last one a strict router left)."""
+def _drop_routes(
+    edit: MessageEditor, msg: SipMessage, routes: RoutePlan, route_set: tuple[str, ...]
+) -> None:
+    """Remove our leading Route entries (and the last one a strict router left), and
+    put `route_set` in front of the rest."""
     remaining = list(msg.routes)
     if routes.request_uri is not None:
         remaining = remaining[:-1]
     remaining = remaining[routes.ours_on_top :]
     for field in msg.fields_named("route"):
         edit.delete_field(field)
-    if remaining:
-        value = ", ".join(route.serialize() for route in remaining)
-        edit.prepend("route", value.encode("utf-8", "surrogateescape"))
+    values = [f"<{uri}>" for uri in route_set] + [route.serialize() for route in remaining]
+    if values:
+        edit.prepend("route", ", ".join(values).encode("utf-8", "surrogateescape"))
+
+
+def _drop_our_credentials(edit: MessageEditor, msg: SipMessage, realm: str) -> None:
+    """RFC 3261 §22.3: a proxy removes the Proxy-Authorization it has consumed (its own
+    realm) and forwards those for other realms."""
+    for field in msg.fields_named("proxy-authorization"):
+        try:
+            credentials = parse_credentials(msg.field_value(field))
+        except SipParseError:
+            continue
+        if credentials is not None and credentials.realm == realm:
+            edit.delete_field(field)
 
 
 def strip_top_via(response: SipMessage) -> bytes:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import time
+from pathlib import Path
 
 from alg.aio import AlgShell
+from alg.assemble import assemble
 from alg.config import ConfigError, load_config
-from alg.proxy import ProxyCore
-from alg.static_router import StaticRouter
+from alg.errors import AlgError
 
 log = logging.getLogger("sipwall.alg")
 
@@ -19,14 +22,29 @@ log = logging.getLogger("sipwall.alg")
 async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
     config = load_config(config_path)
     logging.getLogger("sipwall").setLevel(config.log_level)
-    core = ProxyCore(config.proxy_config(), StaticRouter(config))
-    shell = AlgShell(config, core)
+    services = assemble(config)
+    core = services.core
+    loop = asyncio.get_running_loop()
+    wall_offset = time.time() - loop.time()
+    shell = AlgShell(config, core, lambda calls: services.write_calls(calls, wall_offset))
     await shell.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    for sig in previous:
-        loop.add_signal_handler(sig, stop.set)
+
+    def reload() -> None:
+        try:
+            services.reload()
+            log.info("route table reloaded")
+        except AlgError as exc:
+            log.error("reload failed, keeping the running table: %s", exc)  # noqa: TRY400
+
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    if config.pid_file:
+        Path(config.pid_file).write_text(f"{os.getpid()}\n")
     log.info("sipwall alg running (%s mode)", config.mode)
     if ready is not None:
         ready.set()
@@ -38,6 +56,10 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
             loop.remove_signal_handler(sig)
             signal.signal(sig, handler)
         await shell.close()
+        services.write_calls(core.take_finished_calls(), wall_offset)
+        services.close()
+        if config.pid_file:
+            Path(config.pid_file).unlink(missing_ok=True)
         log.info("sipwall alg stopped; %s", dict(core.stats))
 
 
@@ -51,7 +73,9 @@ def main(argv: list[str]) -> int:
     )
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        if args.check:
+            assemble(config).close()  # opens the stores and the route table once
+    except (ConfigError, AlgError) as exc:
         print(f"sipwall alg: {exc}", file=sys.stderr)
         return 2
     if args.check:

@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from alg.builders import build_ack, build_cancel, build_response, new_tag
+from alg.cdr import CallRecorder, Cdr
 from alg.errors import SipParseError
 from alg.forwarding import (
     RoutePlan,
@@ -47,7 +48,10 @@ from alg.forwarding import (
     stateless_branch,
     strip_top_via,
 )
-from alg.proxy_model import Endpoint, ProxyConfig, Reject, Router, Send, Target
+from alg.proxy_model import Answer, Endpoint, ProxyConfig, Routed, Router, Send, Target
+from alg.ratelimit import Drop as RateDrop
+from alg.ratelimit import RateLimiter
+from alg.ratelimit import Reject as RateReject
 from alg.response_context import ResponseContext, Verdict
 from alg.sip import (
     MessageEditor,
@@ -69,6 +73,8 @@ from alg.transactions import (
     tu_event_for_status,
 )
 
+# A target answering these (or not at all) gives way to the next one in serial forking.
+_FAILOVER_STATUSES = frozenset({408, 500, 503})
 # Requests that create a dialog get our Record-Route (§16.6 step 4, RFC 6665 §4.3).
 _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 
@@ -86,6 +92,10 @@ class ServerSide:
     branches: list[ClientBranch] = field(default_factory=list)
     last_response: bytes | None = None
     scheduled: float | None = None
+    # serial forking (failover): targets still to try, and how to build their requests
+    serial: list[Target] = field(default_factory=list)
+    routes: RoutePlan | None = None
+    record_route: bool = False
 
     def deadline(self) -> float | None:
         return self.txn.get_timer()
@@ -116,9 +126,19 @@ class ClientBranch:
 
 
 class ProxyCore:
-    def __init__(self, config: ProxyConfig, router: Router) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        router: Router,
+        *,
+        limiter: RateLimiter | None = None,
+        recorder: CallRecorder | None = None,
+    ) -> None:
         self.config = config
         self.router = router
+        self.limiter = limiter
+        self.recorder = recorder
+        self.finished_calls: list[Cdr] = []  # drained by the shell (CDR writer)
         self.stats: Counter[str] = Counter()
         self._servers: dict[ServerKey | LegacyServerKey, ServerSide] = {}
         self._clients: dict[ClientKey, ClientBranch] = {}
@@ -139,6 +159,10 @@ class ProxyCore:
         except SipParseError as exc:
             self.stats["malformed"] += 1
             self.stats[f"malformed.{exc.status}"] += 1
+            if self.limiter is not None:
+                self.limiter.note_bad(
+                    source.host, "oversize" if exc.status == 413 else "malformed", now
+                )
             self._answer_unparsable(data, exc, source, out)
             return out
         if msg.is_request:
@@ -148,15 +172,22 @@ class ProxyCore:
         return out
 
     def get_timer(self) -> float | None:
+        calls = self.recorder.get_timer() if self.recorder is not None else None
         while self._timers:
             deadline, _, owner = self._timers[0]
             if owner.scheduled == deadline:
-                return deadline
+                return deadline if calls is None else min(deadline, calls)
             heapq.heappop(self._timers)  # stale entry
-        return None
+        return calls
+
+    def take_finished_calls(self) -> list[Cdr]:
+        done, self.finished_calls = self.finished_calls, []
+        return done
 
     def handle_timer(self, now: float) -> list[Send]:
         out: list[Send] = []
+        if self.recorder is not None:
+            self.finished_calls += self.recorder.expire(now)
         while self._timers and self._timers[0][0] <= now:
             deadline, _, owner = heapq.heappop(self._timers)
             if owner.scheduled != deadline:
@@ -177,6 +208,8 @@ class ProxyCore:
         except SipParseError as exc:
             self.stats["malformed"] += 1
             self.stats[f"malformed.{exc.status}"] += 1
+            if self.limiter is not None:
+                self.limiter.note_bad(source.host, "malformed", now)
             if msg.method != "ACK":  # §17.2.1 / §17: an ACK is never answered
                 self._answer_statelessly(msg, source, exc.status, exc.reason, out)
             return
@@ -190,6 +223,16 @@ class ProxyCore:
             self.stats["retransmission"] += 1
             self._server_actions(existing, existing.txn.handle(Event.REQUEST, now), out)
             return
+        if self.limiter is not None and msg.method != "CANCEL":
+            verdict = self.limiter.check(source.host, msg.method, now)
+            if isinstance(verdict, RateReject):
+                self.stats["ratelimit.rejected"] += 1
+                retry = (("Retry-After", str(verdict.retry_after).encode()),)
+                self._answer_statelessly(msg, source, 503, None, out, retry)
+                return
+            if isinstance(verdict, RateDrop):
+                self.stats["ratelimit.dropped"] += 1
+                return
         if self.config.stateless:
             self._forward_stateless(msg, source, now, out)
             return
@@ -205,6 +248,7 @@ class ProxyCore:
             new_tag(),
         )
         self._servers[key] = server
+        self._record_request(msg, source, now)
         if kind is Kind.INVITE_SERVER:
             self._respond(server, 100, now, out)  # §16.2: absorb retransmissions early
         screened = self._screen(msg)
@@ -212,16 +256,23 @@ class ProxyCore:
             status, reason, headers = screened
             self._respond(server, status, now, out, reason=reason, headers=headers)
             return
-        targets = self._targets(msg, source, now)
-        if isinstance(targets, Reject):
-            self._respond(server, targets.status, now, out, reason=targets.reason)
+        decided = self._targets(msg, source, now)
+        if isinstance(decided, Answer):
+            self._respond(
+                server, decided.status, now, out, reason=decided.reason, headers=decided.headers
+            )
             return
-        record_route = (
+        server.record_route = (
             self.config.record_route and msg.method in _DIALOG_CREATING and msg.to.tag is None
         )
-        routes = plan_routes(msg, self.config)
-        for target in targets:
-            self._fork(server, target, routes, record_route, now, out)
+        server.routes = routes = plan_routes(msg, self.config)
+        if decided.parallel:
+            for target in decided.targets:
+                self._fork(server, target, routes, server.record_route, now, out)
+        else:
+            first, *rest = decided.targets
+            server.serial = rest
+            self._fork(server, first, routes, server.record_route, now, out)
 
     def _screen(
         self, msg: SipMessage
@@ -237,21 +288,21 @@ class ProxyCore:
             return 420, None, (("Unsupported", ", ".join(unsupported).encode()),)
         return None
 
-    def _targets(self, msg: SipMessage, source: Endpoint, now: float) -> list[Target] | Reject:
+    def _targets(self, msg: SipMessage, source: Endpoint, now: float) -> Routed | Answer:
         routes = plan_routes(msg, self.config)
         if routes.next_route is not None:  # §16.6 step 6: loose routing to the top Route
-            return [Target(self._endpoint_for(routes.next_route))]
+            return Routed((Target(self._endpoint_for(routes.next_route)),))
         uri = msg.request_uri
         if routes.request_uri is not None or msg.to.tag is not None:
             # in-dialog without further Route: the Request-URI is the remote target
             target_uri = parse_uri(routes.request_uri) if routes.request_uri else uri
             if isinstance(target_uri, SipUri):
-                return [Target(self._endpoint_for(target_uri))]
-            return Reject(416)
+                return Routed((Target(self._endpoint_for(target_uri)),))
+            return Answer(416)
         decided = self.router.route(msg, source, now)
-        if isinstance(decided, Reject):
-            return decided
-        return list(decided) if decided else Reject(480)
+        if isinstance(decided, Answer | Routed):
+            return decided if not isinstance(decided, Routed) or decided.targets else Answer(480)
+        return Routed(tuple(decided)) if decided else Answer(480)
 
     def _endpoint_for(self, uri: SipUri) -> Endpoint:
         transport = (uri.param("transport") or ("tls" if uri.is_sips else "udp")).upper()
@@ -279,6 +330,7 @@ class ProxyCore:
             branch=branch_id,
             request_uri=target.request_uri,
             record_route=record_route,
+            route_set=target.route_set,
         )
         kind = Kind.INVITE_CLIENT if msg.method == "INVITE" else Kind.NON_INVITE_CLIENT
         branch = ClientBranch(
@@ -311,6 +363,8 @@ class ProxyCore:
             # hop-by-hop ACK for our non-2xx (§17.2.1): absorbed here
             self._server_actions(server, server.txn.handle(Event.ACK, now), out)
             return
+        if self.recorder is not None:
+            self.recorder.ack(msg.call_id, now)
         # ACK for a 2xx is end-to-end (§13.2.2.4): forward along its route, no state
         self._forward_stateless(msg, source, now, out)
 
@@ -323,6 +377,8 @@ class ProxyCore:
         out: list[Send],
     ) -> None:
         invite = self._servers.get(server_key(msg, for_method="INVITE"))
+        if self.recorder is not None:
+            self.recorder.cancel(msg.call_id, now)
         if invite is None:
             # §16.10: no response context: forward the CANCEL statelessly
             self._forward_stateless(msg, source, now, out)
@@ -341,6 +397,7 @@ class ProxyCore:
         )
         self._servers[key] = cancel
         self._respond(cancel, 200, now, out)  # §16.10: 200 to the CANCEL at once
+        invite.serial.clear()  # no failover after a CANCEL
         if invite.txn.state is State.PROCEEDING:
             for branch in invite.branches:
                 self._cancel_branch(branch, now, out)
@@ -352,12 +409,12 @@ class ProxyCore:
             if msg.method != "ACK":
                 self._answer_statelessly(msg, source, 483, None, out)
             return
-        targets = self._targets(msg, source, now)
-        if isinstance(targets, Reject):
+        decided = self._targets(msg, source, now)
+        if isinstance(decided, Answer):
             if msg.method != "ACK":
-                self._answer_statelessly(msg, source, targets.status, targets.reason, out)
+                self._answer_statelessly(msg, source, decided.status, decided.reason, out)
             return
-        target = targets[0]  # §16.11: a stateless proxy does not fork
+        target = decided.targets[0]  # §16.11: a stateless proxy does not fork
         record_route = (
             self.config.record_route and msg.method in _DIALOG_CREATING and msg.to.tag is None
         )
@@ -370,6 +427,7 @@ class ProxyCore:
             branch=stateless_branch(msg),
             request_uri=target.request_uri,
             record_route=record_route,
+            route_set=target.route_set,
         )
         out.append(Send(target.next_hop, data))
         self.stats["forwarded.stateless"] += 1
@@ -432,6 +490,8 @@ class ProxyCore:
                 self._server_send(server, Event.SEND_PROVISIONAL, strip_top_via(msg), now, out)
             return
         branch.timer_c = None
+        if status in _FAILOVER_STATUSES:
+            self._fail_over(server, now, out)
         decision = server.context.final(branch.number, status, msg)
         self._apply_decision(
             server, decision.verdict, msg, decision.final, decision.final_status, now, out
@@ -496,6 +556,8 @@ class ProxyCore:
     def _server_send(
         self, server: ServerSide, event: Event, data: bytes, now: float, out: list[Send]
     ) -> None:
+        if self.recorder is not None and server.txn.kind is Kind.INVITE_SERVER:
+            self._record_response(server.request, data, now)
         server.last_response = data
         self._server_actions(server, server.txn.handle(event, now), out)
         self._schedule(server)
@@ -530,10 +592,18 @@ class ProxyCore:
             elif action is Action.TERMINATE:
                 self._clients.pop(branch.key, None)
 
+    def _fail_over(self, server: ServerSide, now: float, out: list[Send]) -> None:
+        """Serial forking: a failed target gives way to the next one (the new branch is
+        pending before the failure is counted, so the context keeps waiting)."""
+        if server.serial and server.routes is not None and not server.context.done:
+            self.stats["failover"] += 1
+            self._fork(server, server.serial.pop(0), server.routes, server.record_route, now, out)
+
     def _branch_failed(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
         server = branch.server
         if server is None:
             return
+        self._fail_over(server, now, out)
         decision = server.context.branch_failed(branch.number)
         if decision.verdict is Verdict.FORWARD:
             status = decision.final_status or 408
@@ -600,11 +670,42 @@ class ProxyCore:
             return
         self._answer_statelessly(stand_in, source, error.status, error.reason, out)
 
-    def _answer_statelessly(
-        self, msg: SipMessage, source: Endpoint, status: int, reason: str | None, out: list[Send]
+    def _record_request(self, msg: SipMessage, source: Endpoint, now: float) -> None:
+        """CDR events of a new request (INVITE starting a call, BYE ending one)."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        if msg.method == "INVITE" and msg.to.tag is None:
+            caller, callee = str(msg.from_.uri), str(msg.to.uri)
+            recorder.invite(msg.call_id, caller, callee, source.side, now)
+        elif msg.method == "BYE":
+            tags = tuple(tag for tag in (msg.from_.tag, msg.to.tag) if tag)
+            cdr = recorder.bye(msg.call_id, now, tags)
+            if cdr is not None:
+                self.finished_calls.append(cdr)
+
+    def _record_response(self, request: SipMessage, data: bytes, now: float) -> None:
+        if self.recorder is None or request.to.tag is not None:
+            return
+        try:
+            response = parse_message(data)
+            cdr = self.recorder.response(request.call_id, response.status, now, response.to.tag)
+        except SipParseError:
+            return
+        if cdr is not None:
+            self.finished_calls.append(cdr)
+
+    def _answer_statelessly(  # noqa: PLR0917
+        self,
+        msg: SipMessage,
+        source: Endpoint,
+        status: int,
+        reason: str | None,
+        out: list[Send],
+        headers: tuple[tuple[str, bytes], ...] = (),
     ) -> None:
         try:
-            out.append(Send(source, build_response(msg, status, reason)))
+            out.append(Send(source, build_response(msg, status, reason, extra_headers=headers)))
         except SipParseError:
             self.stats["dropped.unanswerable"] += 1  # no usable Via/To/...: drop
 

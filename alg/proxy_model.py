@@ -71,6 +71,7 @@ class ProxyConfig:
     timer_c: float = 180.0  # §16.6 step 11: more than three minutes
     timers: TimerSettings = field(default_factory=TimerSettings)
     supported_extensions: frozenset[str] = frozenset()  # for Proxy-Require (§16.3 step 5)
+    auth_realm: str | None = None  # our digest realm: consumed credentials are removed
     _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(), init=False, repr=False, compare=False
     )
@@ -97,23 +98,37 @@ class ProxyConfig:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where to send one branch: the Request-URI to use (None: unchanged) and the next
-    hop."""
+    """Where to send one branch: the Request-URI to use (None: unchanged), the next hop,
+    and a Route set to put on the request (a registered Path, RFC 3327 §5.3)."""
 
     next_hop: Endpoint
     request_uri: str | None = None
+    route_set: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
-class Reject:
+class Answer:
+    """The proxy answers the request itself: a rejection, a challenge (401/407 with its
+    WWW-/Proxy-Authenticate fields), or a registrar's 200 with the bindings."""
+
     status: int
     reason: str | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Targets for a request. `parallel`: fork to all at once (§16.6); otherwise try
+    them in order, moving on when one fails with 408/500/503 or times out (failover)."""
+
+    targets: tuple[Target, ...]
+    parallel: bool = True
 
 
 class Router(Protocol):
-    """Decides the targets of a new, out-of-dialog request (§16.5). In-dialog and
+    """Decides what happens to a new, out-of-dialog request (§16.5). In-dialog and
     loose-routed requests are routed by the core from their Route set."""
 
     def route(
         self, request: SipMessage, source: Endpoint, now: float
-    ) -> Sequence[Target] | Reject: ...
+    ) -> Sequence[Target] | Routed | Answer: ...

@@ -49,6 +49,7 @@ from typing import Any, Final, Literal, Protocol
 
 from alg.dns_resolver import ResolvedTarget, default_port, weighted_order
 from alg.errors import RouteTableError, SipParseError
+from alg.location import canonical_aor
 from alg.sip.uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri, split_host_port
 
 log = logging.getLogger("sipwall.alg.routing")
@@ -100,9 +101,9 @@ class Contact:
 
 
 def aor_of(uri: SipUri) -> str:
-    """Canonical address-of-record: `sip:user@host`, host lower-cased (RFC 3261 §10.3:
-    the registrar and the proxy must agree on it). sips and sip share one AOR."""
-    return f"sip:{uri.user}@{uri.host.lower()}" if uri.user else f"sip:{uri.host.lower()}"
+    """Canonical address-of-record. RFC 3261 §10.3: the registrar and the proxy must
+    agree on it, so this is exactly the location service's index."""
+    return canonical_aor(uri)
 
 
 # ----------------------------------------------------------------------------- table

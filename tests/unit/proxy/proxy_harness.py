@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alg.proxy import ProxyCore
-from alg.proxy_model import Endpoint, Interface, ProxyConfig, Reject, Send, Target
+from alg.proxy_model import Answer, Endpoint, Interface, ProxyConfig, Send, Target
 from alg.sip import SipMessage, SipUri, parse_message
 
 INSIDE = Interface("inside", "10.77.0.1", 5060)
@@ -28,13 +28,13 @@ class StaticRouter:
         self.table = table
         self.calls = 0
 
-    def route(self, request: SipMessage, source: Endpoint, now: float) -> list[Target] | Reject:
+    def route(self, request: SipMessage, source: Endpoint, now: float) -> list[Target] | Answer:
         self.calls += 1
         uri = request.request_uri
         user = uri.user if isinstance(uri, SipUri) else None
         endpoints = self.table.get(user or "")
         if not endpoints:
-            return Reject(404)
+            return Answer(404)
         return [Target(ep, f"sip:{user}@{ep.host}:{ep.port}") for ep in endpoints]
 
 

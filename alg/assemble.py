@@ -1,0 +1,140 @@
+"""Building a running ALG from its configuration: stores, policies and the proxy core.
+
+Kept apart from the asyncio shell so that tests can assemble exactly what `sipwall alg`
+runs, and from the core so that the core stays free of files and databases.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from alg import routing
+from alg.auth import DigestAuthenticator, DigestPolicy, Role
+from alg.cdr import CallRecorder, Cdr, CdrWriter
+from alg.config import AlgConfig
+from alg.edge import EdgeRouter, LocationLookup
+from alg.location import LocationStore, SqliteLocationStore
+from alg.proxy import ProxyCore
+from alg.ratelimit import Rate, RateLimitConfig, RateLimiter
+from alg.registrar import Registrar, RegistrarPolicy
+from alg.subscribers import SqliteSubscriberStore
+
+
+class StaticAndRegistered:
+    """Registered contacts first, then the configured static contacts of the same user
+    (a phone reachable before, or without, registering)."""
+
+    def __init__(self, registered: LocationLookup, static: dict[str, tuple[str, ...]]) -> None:
+        self.registered = registered
+        self.static = static
+
+    def lookup(self, aor: str, now: float) -> Sequence[routing.Contact]:
+        found = list(self.registered.lookup(aor, now))
+        user = aor.removeprefix("sip:").partition("@")[0] if "@" in aor else ""
+        found += [routing.Contact(uri) for uri in self.static.get(user, ())]
+        return found
+
+
+@dataclass
+class AlgServices:
+    config: AlgConfig
+    core: ProxyCore
+    edge: EdgeRouter
+    location: LocationStore
+    subscribers: SqliteSubscriberStore | None
+    cdr_writer: CdrWriter | None
+
+    def reload(self) -> None:
+        """Reload the route table (SIGHUP); on error the running table stays."""
+        self.edge.reload_routes(_routing_table(self.config))
+
+    def write_calls(self, calls: list[Cdr], wall_offset: float) -> None:
+        """Write finished calls; the core's clock is monotonic, CDRs carry wall time."""
+        if self.cdr_writer is None:
+            return
+        for cdr in calls:
+            shifted = replace(
+                cdr,
+                start=cdr.start + wall_offset,
+                answer=None if cdr.answer is None else cdr.answer + wall_offset,
+                end=cdr.end + wall_offset,
+            )
+            self.cdr_writer.write(shifted, shifted.end)
+
+    def close(self) -> None:
+        """Close the stores; idempotent."""
+        self.location.close()
+        if self.subscribers is not None:
+            self.subscribers.close()
+        if self.cdr_writer is not None:
+            self.cdr_writer.close()
+
+
+def _routing_table(config: AlgConfig) -> routing.RoutingTable:
+    table = (
+        routing.RoutingTable.load(config.routes_file)
+        if config.routes_file
+        else routing.RoutingTable()
+    )
+    if config.upstream and not table.default:
+        table = replace(table, default=(routing.NextHop.parse(config.upstream),))
+    return table
+
+
+def assemble(config: AlgConfig) -> AlgServices:
+    proxy = config.proxy_config()
+    subscribers_db = config.auth.subscribers
+    authenticating = subscribers_db is not None
+    proxy = replace(proxy, auth_realm=config.auth.realm if authenticating else None)
+    location = SqliteLocationStore(config.registrar.database)
+    subscribers = SqliteSubscriberStore(subscribers_db) if subscribers_db is not None else None
+    domains = frozenset(config.domains) | {config.inside.address, config.outside.address}
+    static = {user.user: user.contacts for user in config.static_users}
+    router_config = routing.RouterConfig(
+        domains, StaticAndRegistered(LocationLookup(location), static), _routing_table(config)
+    )
+    policy = DigestPolicy(nonce_lifetime=config.auth.nonce_lifetime)
+    keys = [secrets.token_bytes(32)]
+
+    def authenticator(role: Role) -> DigestAuthenticator | None:
+        if subscribers is None:
+            return None
+        return DigestAuthenticator(subscribers, keys, role=role, policy=policy)
+
+    registrar = None
+    if config.registrar.enabled:
+        registrar = Registrar(
+            location,
+            domains,
+            RegistrarPolicy(
+                min_expires=config.registrar.min_expires,
+                max_expires=config.registrar.max_expires,
+                default_expires=config.registrar.default_expires,
+                max_contacts=config.registrar.max_contacts,
+                require_auth=authenticating and config.auth.register,
+            ),
+        )
+    edge = EdgeRouter(
+        proxy,
+        router_config,
+        registrar=registrar,
+        register_auth=authenticator(Role.UAS) if config.auth.register else None,
+        outbound_auth=authenticator(Role.PROXY) if config.auth.outbound else None,
+        realm=config.auth.realm,
+    )
+    limiter = None
+    if config.ratelimit.enabled:
+        settings = config.ratelimit
+        limiter = RateLimiter(
+            RateLimitConfig(
+                invite=Rate(*settings.invite),
+                register=Rate(*settings.register),
+                other=Rate(*settings.other),
+            )
+        )
+    recorder = CallRecorder() if config.cdr_file else None
+    core = ProxyCore(proxy, edge, limiter=limiter, recorder=recorder)
+    writer = CdrWriter(config.cdr_file) if config.cdr_file else None
+    return AlgServices(config, core, edge, location, subscribers, writer)

@@ -1,0 +1,145 @@
+"""The edge proxy's decisions for new requests: registrar, authentication, routing.
+
+`EdgeRouter` is what `ProxyCore` asks about every new out-of-dialog request (its
+`Router`). In order:
+
+1. REGISTER for one of our domains is the registrar's (RFC 3261 §10.3): authenticated
+   with a 401 challenge when the registrar requires it, then answered locally.
+2. A request from the inside that would leave for the outside must carry valid
+   Proxy-Authorization for our realm (407 otherwise), as the seed talk puts it: only
+   outgoing calls are challenged. Requests from the outside are never challenged, and
+   `alg.routing` routes them only to our own users.
+3. Routing (`alg.routing.route`): registered contacts (forked in parallel, reached at the
+   address they registered from — the route to a UA behind NAT), prefix routes and the
+   default upstream (tried in order: failover), DNS targets.
+
+Everything is synchronous and pure but for the stores it is given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from alg import routing
+from alg.auth import Authenticated, AuthFailure, Challenge, DigestAuthenticator
+from alg.location import LocationStore, Source
+from alg.proxy_model import Answer, Endpoint, ProxyConfig, Routed, Target
+from alg.registrar import Registrar
+from alg.sip import SipMessage, SipUri, TelUri
+
+
+class LocationLookup:
+    """The location store as `alg.routing.ContactLookup` (one shared AOR form)."""
+
+    def __init__(self, store: LocationStore) -> None:
+        self.store = store
+
+    def lookup(self, aor: str, now: float) -> Sequence[routing.Contact]:
+        return [
+            routing.Contact(
+                uri=binding.contact,
+                q=binding.q if binding.q is not None else 1.0,
+                received=(
+                    (binding.source.address, binding.source.port, binding.source.transport)
+                    if binding.source is not None
+                    else None
+                ),
+                path=binding.path,
+            )
+            for binding in self.store.lookup(aor, now)
+        ]
+
+
+class EdgeRouter:
+    def __init__(
+        self,
+        proxy: ProxyConfig,
+        routes: routing.RouterConfig,
+        *,
+        registrar: Registrar | None = None,
+        register_auth: DigestAuthenticator | None = None,
+        outbound_auth: DigestAuthenticator | None = None,
+        realm: str = "sipwall",
+    ) -> None:
+        self.proxy = proxy
+        self.routes = routes
+        self.registrar = registrar
+        self.register_auth = register_auth
+        self.outbound_auth = outbound_auth
+        self.realm = realm
+
+    def reload_routes(self, table: routing.RoutingTable) -> None:
+        """Swap the prefix table (SIGHUP / `sipwall ctl reload`): calls in progress keep
+        the targets they were given."""
+        self.routes = routing.RouterConfig(
+            self.routes.local_domains, self.routes.location, table, self.routes.directory
+        )
+
+    def route(self, request: SipMessage, source: Endpoint, now: float) -> Routed | Answer:
+        uri = request.request_uri
+        if request.method == "REGISTER" and self._is_ours(uri):
+            return self._register(request, source, now)
+        decided = routing.route(
+            uri, self.routes, routing.RequestContext(source.side, now, request.call_id)
+        )
+        if isinstance(decided, routing.Reject):
+            return Answer(decided.status, decided.reason)
+        targets = tuple(t for t in map(self._target, decided.targets) if t is not None)
+        if not targets:
+            return Answer(503, "Service Unavailable (no reachable next hop)")
+        leaving = source.side == "inside" and any(t.next_hop.side == "outside" for t in targets)
+        if leaving and self.outbound_auth is not None:
+            answer = self._authenticate(self.outbound_auth, request, now)
+            if answer is not None:
+                return answer
+        return Routed(targets, parallel=decided.parallel)
+
+    # --- pieces -------------------------------------------------------------------
+
+    def _is_ours(self, uri: SipUri | TelUri | object) -> bool:
+        return isinstance(uri, SipUri) and (
+            self.routes.is_local(uri) or self.proxy.is_ours(uri.host, uri.port)
+        )
+
+    def _register(self, request: SipMessage, source: Endpoint, now: float) -> Answer:
+        if self.registrar is None:
+            return Answer(403, "Registration not offered here")
+        identity = None
+        if self.register_auth is not None:
+            verdict = self.register_auth.verify(request, self.realm, now)
+            if isinstance(verdict, Authenticated):
+                identity = verdict.identity
+            elif isinstance(verdict, AuthFailure):
+                return Answer(verdict.status, verdict.reason)
+        decision = self.registrar.handle(
+            request, identity, Source(source.host, source.port, source.transport), now
+        )
+        response = decision.response
+        if response.needs_challenge and self.register_auth is not None:
+            challenge = self.register_auth.challenge(self.realm, now)
+            return Answer(challenge.status, challenge.reason, challenge.headers)
+        return Answer(response.status, response.reason, response.headers)
+
+    def _authenticate(
+        self, authenticator: DigestAuthenticator, request: SipMessage, now: float
+    ) -> Answer | None:
+        verdict = authenticator.verify(request, self.realm, now)
+        if isinstance(verdict, Authenticated):
+            return None
+        if isinstance(verdict, Challenge):
+            return Answer(verdict.status, verdict.reason, verdict.headers)
+        return Answer(verdict.status, verdict.reason)
+
+    def _target(self, target: routing.Target) -> Target | None:
+        """A routing target as the core's; names that need DNS are skipped here (the
+        lab and our configs use addresses; RFC 3263 resolution belongs to the shell)."""
+        try:
+            ipaddress.ip_address(target.next_hop.strip("[]"))
+        except ValueError:
+            return None
+        transport = (target.transport or "udp").upper()
+        port = target.port or (5061 if transport == "TLS" else 5060)
+        host = target.next_hop.strip("[]")
+        endpoint = Endpoint(self.proxy.side_of(host), transport, host, port)
+        return Target(endpoint, target.uri, target.path)

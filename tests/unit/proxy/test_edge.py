@@ -1,0 +1,182 @@
+"""The assembled edge proxy (registrar, digest, routing, rate limits, CDRs) through the
+core, with fake phones: what `sipwall alg` runs, minus the sockets."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from proxy_harness import ALICE, BOB, sent_to
+
+from alg.assemble import AlgServices, assemble
+from alg.auth import Algorithm, compute_ha1, compute_response
+from alg.builders import build_response
+from alg.config import parse_config
+from alg.proxy_model import Endpoint
+from alg.sip import SipMessage
+from alg.subscribers import SqliteSubscriberStore, Subscriber
+
+GATEWAY_1 = Endpoint("outside", "UDP", "198.51.100.31", 5060)
+GATEWAY_2 = Endpoint("outside", "UDP", "198.51.100.32", 5060)
+ROUTES = """
+[[route]]
+prefix = "1732"
+strip = 1
+domain = "regional.example"
+next_hops = [
+  { hop = "198.51.100.31:5060", priority = 10 },
+  { hop = "198.51.100.32:5060", priority = 20 },
+]
+"""
+
+
+def services(tmp_path: Path, *, auth: bool = True, extra: str = "") -> AlgServices:
+    subscribers = tmp_path / "subscribers.db"
+    store = SqliteSubscriberStore(subscribers)
+    store.add(Subscriber.with_password("alice", "example.com", "secret", realm="example.com"))
+    store.close()
+    routes = tmp_path / "routes.toml"
+    routes.write_text(ROUTES)
+    text = f"""
+[inside]
+address = "10.77.0.1"
+[outside]
+address = "203.0.113.1"
+[proxy]
+domains = ["example.com"]
+[registrar]
+database = "{tmp_path / "location.db"}"
+[auth]
+realm = "example.com"
+{f'subscribers = "{subscribers}"' if auth else ""}
+[files]
+routes = "{routes}"
+cdr = "{tmp_path / "cdr.jsonl"}"
+{extra}
+"""
+    built = assemble(parse_config(tomllib.loads(text)))
+    OPENED.append(built)
+    return built
+
+
+OPENED: list[AlgServices] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_services() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
+def register(branch: str, authorization: str = "", contact_port: int = 5062) -> bytes:
+    return (
+        f"REGISTER sip:example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 10.77.0.10:5060;branch={branch};rport\r\n"
+        f"Max-Forwards: 70\r\nTo: <sip:alice@example.com>\r\n"
+        f"From: <sip:alice@example.com>;tag=r1\r\nCall-ID: reg-1@10.77.0.10\r\n"
+        f"CSeq: {len(branch)} REGISTER\r\n"
+        f"Contact: <sip:alice@10.77.0.10:{contact_port}>;expires=600\r\n"
+        f"{authorization}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def digest_header(
+    challenge: SipMessage, header: str, method: str, uri: str, nc: str = "00000001"
+) -> str:
+    text = challenge.header(header.lower()) or ""
+    nonce = re.search(r'nonce="([^"]+)"', text).group(1)  # type: ignore[union-attr]
+    algorithm = Algorithm.SHA256 if "SHA-256" in text.split(",")[2] else Algorithm.MD5
+    ha1 = compute_ha1(algorithm, "alice", "example.com", "secret")
+    response = compute_response(algorithm, ha1, nonce, method, uri, "auth", nc, "c0ffee")
+    name = "Authorization" if header == "WWW-Authenticate" else "Proxy-Authorization"
+    return (
+        f'{name}: Digest username="alice", realm="example.com", nonce="{nonce}", '
+        f'uri="{uri}", response="{response}", algorithm={algorithm.value}, qop=auth, '
+        f'nc={nc}, cnonce="c0ffee"\r\n'
+    )
+
+
+def invite(to: str, branch: str, authorization: str = "", call_id: str = "call-9") -> bytes:
+    return (
+        f"INVITE {to} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 10.77.0.10:5060;branch={branch};rport\r\n"
+        f"Max-Forwards: 70\r\nTo: <{to}>\r\n"
+        f"From: <sip:alice@example.com>;tag=a9\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: <sip:alice@10.77.0.10:5060>\r\n{authorization}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_register_with_digest_then_call_reaches_the_contact_at_its_source(tmp_path: Path) -> None:
+    alg = services(tmp_path)
+    core = alg.core
+    (challenge,) = sent_to(core.receive(register("z9hG4bKr1"), ALICE, 0.0), ALICE)
+    assert challenge.status == 401 and challenge.header("www-authenticate")
+    auth = digest_header(challenge, "WWW-Authenticate", "REGISTER", "sip:example.com")
+    (ok,) = sent_to(core.receive(register("z9hG4bKr22", auth), ALICE, 1.0), ALICE)
+    assert ok.status == 200 and "expires=600" in (ok.header("contact") or "")
+    # a replay of the same nonce-count is refused (RFC 7616 §3.4 / §5.4)
+    (again,) = sent_to(core.receive(register("z9hG4bKr333", auth), ALICE, 2.0), ALICE)
+    assert again.status == 401
+    # a call from the outside to alice goes to where she registered from (NAT), the
+    # Request-URI being her contact
+    inbound = invite("sip:alice@example.com", "z9hG4bKin1").replace(
+        b"Via: SIP/2.0/UDP 10.77.0.10:5060", b"Via: SIP/2.0/UDP 203.0.113.20:5060"
+    )
+    out = core.receive(inbound, BOB, 3.0)
+    (to_alice,) = sent_to(out, Endpoint("inside", "UDP", "10.77.0.10", 5060))
+    assert str(to_alice.request_uri) == "sip:alice@10.77.0.10:5062"
+
+
+def test_outbound_requires_proxy_auth_and_strips_consumed_credentials(tmp_path: Path) -> None:
+    alg = services(tmp_path)
+    core = alg.core
+    out = core.receive(invite("sip:17325551212@example.com", "z9hG4bKo1"), ALICE, 0.0)
+    challenge = next(m for m in sent_to(out, ALICE) if m.status == 407)
+    auth = digest_header(challenge, "Proxy-Authenticate", "INVITE", "sip:17325551212@example.com")
+    out = core.receive(invite("sip:17325551212@example.com", "z9hG4bKo2", auth), ALICE, 1.0)
+    (forwarded,) = sent_to(out, GATEWAY_1)
+    # prefix 1732: strip one digit, domain rewritten, first gateway by priority
+    assert str(forwarded.request_uri).startswith("sip:7325551212@regional.example")
+    assert not forwarded.has("proxy-authorization")  # §22.3: consumed, removed
+    # the gateway fails: failover to the second one (serial forking)
+    out = core.receive(build_response(forwarded, 503, to_tag="g1"), GATEWAY_1, 1.5)
+    assert [m.method for m in sent_to(out, GATEWAY_1)] == ["ACK"]
+    (second,) = sent_to(out, GATEWAY_2)
+    assert second.method == "INVITE" and sent_to(out, ALICE) == []
+    out = core.receive(build_response(second, 486, to_tag="g2"), GATEWAY_2, 2.0)
+    assert [m.status for m in sent_to(out, ALICE)] == [486]
+    alg.write_calls(core.take_finished_calls(), wall_offset=1_800_000_000.0)
+    alg.close()
+    records = [json.loads(line) for line in (tmp_path / "cdr.jsonl").read_text().splitlines()]
+    # the challenged attempt and the real call, each with its outcome
+    assert [(r["callee"], r["disposition"], r["status"]) for r in records] == [
+        ("sip:17325551212@example.com", "FAILED", 407),
+        ("sip:17325551212@example.com", "BUSY", 486),
+    ]
+    assert records[1]["side"] == "inside" and records[1]["start"].startswith("2027-01-15")
+
+
+def test_outside_callers_only_reach_our_users(tmp_path: Path) -> None:
+    alg = services(tmp_path, auth=False)
+    relay = invite("sip:someone@elsewhere.example", "z9hG4bKx1").replace(
+        b"10.77.0.10:5060;branch", b"203.0.113.20:5060;branch"
+    )
+    out = alg.core.receive(relay, BOB, 0.0)
+    assert [m.status for m in sent_to(out, BOB)] == [100, 403]
+
+
+def test_rate_limit_answers_503_with_retry_after(tmp_path: Path) -> None:
+    alg = services(tmp_path, auth=False, extra="[ratelimit]\nenabled = true\ninvite = [1, 2]\n")
+    statuses = []
+    for i in range(6):
+        out = alg.core.receive(
+            invite("sip:nobody@example.com", f"z9hG4bKrl{i}", call_id=f"rl{i}"), ALICE, 0.0
+        )
+        statuses += [m.status for m in sent_to(out, ALICE) if m.status >= 200]
+    assert statuses[:2] == [404, 404]
+    assert 503 in statuses
