@@ -205,7 +205,37 @@ async def _main(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def reload_alg(argv: Sequence[str]) -> int:
+    """`sipwall ctl reload --pid-file FILE`: ask a running ALG to reload its route table
+    (SIGHUP; calls in progress are not touched)."""
+    import argparse
+    import os
+    import signal
+
+    parser = argparse.ArgumentParser(prog="sipwall ctl reload", description=reload_alg.__doc__)
+    parser.add_argument("--pid-file", required=True, help="the ALG's [files].pid")
+    args = parser.parse_args(argv)
+    try:
+        with open(args.pid_file) as handle:
+            pid = int(handle.read().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"sipwall ctl reload: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"sipwall ctl reload: sent SIGHUP to {pid}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Subcommands about the ALG (its subscribers and its configuration) rather than
+    # about an agent's state.
+    if argv[:1] == ["users"]:
+        from alg.subscribers import users_main
+
+        return users_main(argv[1:])
+    if argv[:1] == ["reload"]:
+        return reload_alg(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return asyncio.run(_main(args))
