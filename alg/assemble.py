@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from alg import routing
-from alg.auth import DigestAuthenticator, DigestPolicy, Role
+from alg.auth import Algorithm, DigestAuthenticator, DigestPolicy, Role
 from alg.cdr import CallRecorder, Cdr, CdrWriter
 from alg.config import AlgConfig
 from alg.edge import EdgeRouter, LocationLookup
@@ -95,7 +95,10 @@ def assemble(config: AlgConfig) -> AlgServices:
     router_config = routing.RouterConfig(
         domains, StaticAndRegistered(LocationLookup(location), static), _routing_table(config)
     )
-    policy = DigestPolicy(nonce_lifetime=config.auth.nonce_lifetime)
+    policy = DigestPolicy(
+        nonce_lifetime=config.auth.nonce_lifetime,
+        algorithms=tuple(Algorithm(name) for name in config.auth.algorithms),
+    )
     keys = [secrets.token_bytes(32)]
 
     def authenticator(role: Role) -> DigestAuthenticator | None:

@@ -55,6 +55,8 @@ class AuthConfig:
     register: bool = True  # challenge REGISTER with 401
     outbound: bool = True  # challenge requests leaving the inside with 407
     nonce_lifetime: int = 300
+    # offered in this order (RFC 8760 §2.4: SHA-256 first); MD5-only phones need "MD5"
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +159,13 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
         {"enabled", "database", "min_expires", "max_expires", "default_expires", "max_contacts"},
     )
     auth = _section(
-        data, "auth", {"realm", "subscribers", "register", "outbound", "nonce_lifetime"}
+        data,
+        "auth",
+        {"realm", "subscribers", "register", "outbound", "nonce_lifetime", "algorithms"},
     )
+    algorithms = tuple(str(a).upper() for a in auth.get("algorithms", ("SHA-256", "MD5")))
+    if not algorithms or not set(algorithms) <= {"SHA-256", "MD5"}:
+        raise ConfigError("[auth].algorithms must be a non-empty list of 'SHA-256', 'MD5'")
     limits = _section(data, "ratelimit", {"enabled", "invite", "register", "other"})
     files = _section(data, "files", {"routes", "cdr", "pid"})
     minimum = _int_option(registrar, "registrar", "min_expires", 60)
@@ -181,6 +188,7 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
             register=bool(auth.get("register", True)),
             outbound=bool(auth.get("outbound", True)),
             nonce_lifetime=max(10, _int_option(auth, "auth", "nonce_lifetime", 300)),
+            algorithms=algorithms,
         ),
         "ratelimit": RateLimitSettings(
             enabled=bool(limits.get("enabled", False)),

@@ -51,13 +51,14 @@ TRANSPORTS: Final = frozenset({"UDP", "TCP", "TLS", "SCTP", "TLS-SCTP", "WS", "W
 
 
 def canonical_aor(uri: SipUri) -> str:
-    """The index of an AOR (§10.3 step 5): parameters removed, escapes resolved, host
-    lower-cased. sips: and sip: forms of one name are one AOR (RFC 5630)."""
+    """The index of an AOR (§10.3 step 5): parameters and port removed, escapes
+    resolved, host lower-cased. An address-of-record names a user in a domain, so
+    `sip:alice@example.com:5060` (a Request-URI) finds `sip:alice@example.com` (a To);
+    sips: and sip: forms of one name are one AOR (RFC 5630)."""
     host = f"[{uri.host.lower()}]" if uri.host_kind == "ipv6" else uri.host.lower()
-    hostport = host if uri.port is None else f"{host}:{uri.port}"
     if uri.user is None:
-        return f"sip:{hostport}"
-    return f"sip:{unquote(uri.user)}@{hostport}"
+        return f"sip:{host}"
+    return f"sip:{unquote(uri.user)}@{host}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -102,8 +102,10 @@ def _counter(output: str, name: str) -> int:
 
 
 @contextlib.contextmanager
-def sipp_uas(scenario: str, host: str, workdir: Path) -> Iterator[tuple[str, int]]:
-    port = free_port(host)
+def sipp_uas(
+    scenario: str, host: str, workdir: Path, port: int | None = None
+) -> Iterator[tuple[str, int]]:
+    port = port or free_port(host)
     process = subprocess.Popen(
         [
             "sipp",
@@ -149,9 +151,9 @@ def sipp_uac(
     service: str = "bob",
     extra: tuple[str, ...] = (),
     timeout: float = 60.0,
+    local: tuple[str, int] | None = None,
 ) -> SippResult:
-    host = "127.0.0.10"
-    port = free_port(host)
+    host, port = local or ("127.0.0.10", free_port("127.0.0.10"))
     done = subprocess.run(
         [
             "sipp",

@@ -121,3 +121,116 @@ def test_every_torture_message_is_answered_or_dropped_and_calls_go_on(tmp_path: 
         result = sipp_uac("uac_sdp.xml", uas, alg.inside, tmp_path, calls=10, rate=10)
     assert (result.returncode, result.successful, result.failed) == (0, 10, 0), result.output
     assert "Traceback" not in alg.log.read_text()
+
+
+def _subscribers(tmp_path: Path, realm: str = "127.0.0.1") -> str:
+    from alg.subscribers import SqliteSubscriberStore, Subscriber
+
+    path = tmp_path / "subscribers.db"
+    store = SqliteSubscriberStore(path)
+    store.add(Subscriber.with_password("alice", realm, "secret", realm=realm))
+    store.close()
+    return str(path)
+
+
+def _auth_toml(tmp_path: Path) -> str:
+    return (
+        f'[registrar]\ndatabase = "{tmp_path / "location.db"}"\n'
+        f'[auth]\nrealm = "127.0.0.1"\nsubscribers = "{_subscribers(tmp_path)}"\n'
+        # sipp 3.6 (like many phones) only does MD5 and takes the first challenge
+        'algorithms = ["MD5"]\n'
+    )
+
+
+def test_register_with_digest_then_an_outside_call_reaches_the_registered_phone(
+    tmp_path: Path,
+) -> None:
+    from labs.sipp_runner import free_port
+
+    with alg_process(tmp_path, _auth_toml(tmp_path)) as alg:
+        phone = ("127.0.0.11", free_port("127.0.0.11"))
+        registered = sipp_uac(
+            "uac_register.xml",
+            alg.inside,
+            alg.inside,
+            tmp_path,
+            calls=1,
+            rate=1,
+            service="alice",
+            local=phone,
+            extra=("-au", "alice", "-ap", "secret"),
+        )
+        assert (registered.returncode, registered.successful) == (0, 1), registered.output
+        # the phone now answers at the contact it registered; a caller on the outside
+        # reaches it through the ALG's outside interface, unchallenged (inbound)
+        with sipp_uas("uas_sdp.xml", phone[0], tmp_path, port=phone[1]):
+            caller = ("127.0.0.20", free_port("127.0.0.20"))
+            result = sipp_uac(
+                "uac_sdp.xml",
+                alg.inside,
+                alg.outside,
+                tmp_path,
+                calls=5,
+                rate=5,
+                service="alice",
+                local=caller,
+            )
+    assert (result.returncode, result.successful, result.failed) == (0, 5, 0), result.output
+
+
+def test_wrong_password_is_refused(tmp_path: Path) -> None:
+    with alg_process(tmp_path, _auth_toml(tmp_path)) as alg:
+        result = sipp_uac(
+            "uac_register.xml",
+            alg.inside,
+            alg.inside,
+            tmp_path,
+            calls=1,
+            rate=1,
+            service="alice",
+            extra=("-au", "alice", "-ap", "wrong"),
+            timeout=10,
+        )
+    # the second REGISTER is challenged again instead of accepted
+    assert (result.successful, result.failed) == (0, 1), result.output
+    assert "401" in result.output
+
+
+def test_outgoing_call_is_challenged_then_goes_through_with_credentials(tmp_path: Path) -> None:
+    with (
+        alg_process(tmp_path, _auth_toml(tmp_path)) as alg,
+        sipp_uas("uas_sdp.xml", "127.0.0.20", tmp_path) as uas,
+    ):
+        # sipp hashes remote_ip:port as the digest uri unless given the Request-URI
+        # (without the scheme: sipp adds "sip:")
+        auth_uri = f"bob@{uas[0]}:{uas[1]}"
+        result = sipp_uac(
+            "uac_auth_sdp.xml",
+            uas,
+            alg.inside,
+            tmp_path,
+            calls=5,
+            rate=5,
+            extra=("-au", "alice", "-ap", "secret", "-auth_uri", auth_uri),
+        )
+    assert (result.returncode, result.successful, result.failed) == (0, 5, 0), result.output
+
+
+def test_prefix_route_rewrites_digits_and_domain(tmp_path: Path) -> None:
+    with sipp_uas("uas_sdp_rewritten.xml", "127.0.0.20", tmp_path) as gateway:
+        routes = tmp_path / "routes.toml"
+        routes.write_text(
+            '[[route]]\nprefix = "1732"\nstrip = 1\ndomain = "regional.example"\n'
+            f'next_hops = ["{gateway[0]}:{gateway[1]}"]\n'
+        )
+        with alg_process(tmp_path, f'[files]\nroutes = "{routes}"\n') as alg:
+            result = sipp_uac(
+                "uac_sdp.xml",
+                alg.inside,
+                alg.inside,
+                tmp_path,
+                calls=5,
+                rate=5,
+                service="17325551212",
+            )
+    assert (result.returncode, result.successful, result.failed) == (0, 5, 0), result.output

@@ -477,7 +477,7 @@ def test_process_register_is_pure(register: RegisterBuilder) -> None:
     ("uri", "aor"),
     [
         ("sip:alice@Example.COM;user=phone", "sip:alice@example.com"),
-        ("sips:%61lice@example.com:5061", "sip:alice@example.com:5061"),
+        ("sips:%61lice@example.com:5061", "sip:alice@example.com"),
         ("sip:example.com", "sip:example.com"),
     ],
 )
