@@ -1,5 +1,10 @@
 """SIP hot path: parse, check, rewrite and serialize an INVITE with SDP and a 200 OK.
 
+The headline is the conservative full path: besides what the rewrite reads, the proxy
+validates every header it relies on (the whole Via chain, CSeq, From/To, Call-ID,
+Request-URI, Contact, Content-Type). The line "parse + rewrite + serialize (views used
+only)" is the narrower definition, without those extra checks.
+
 What the ALG does to every INVITE it forwards from the inside to the outside:
 parse, run the proxy checks (Via, CSeq, Call-ID, From/To, Max-Forwards, R-URI, Contact),
 add its Via and Record-Route, lower Max-Forwards, mask the Contact, anchor the SDP (c=,
@@ -20,12 +25,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alg.sdp import AnchorPlan, MediaAnchor, anchor, parse_sdp
 from alg.sip import (
     MessageEditor,
+    SipMessage,
     check_request,
     check_response,
     find_sdp,
@@ -109,9 +116,8 @@ PLAN_IN = AnchorPlan(
 )
 
 
-def rewrite_invite(data: bytes) -> bytes:
-    msg = parse_message(data)
-    check_request(msg)
+def edit_invite(msg: SipMessage) -> MessageEditor:
+    """The ALG's rewrite of a checked INVITE: every edit recorded, nothing serialized."""
     edit = MessageEditor(msg)
     edit.prepend("via", b"SIP/2.0/UDP 203.0.113.1:5060;branch=z9hG4bKsw1a2b3c;rport")
     edit.prepend("record-route", b"<sip:203.0.113.1;lr>")
@@ -123,12 +129,10 @@ def rewrite_invite(data: bytes) -> bytes:
     if location is not None:
         sdp = anchor(parse_sdp(location.extract(msg.body)), PLAN_OUT)
         edit.set_body(location.replace(msg.body, sdp.to_bytes()))
-    return edit.apply()
+    return edit
 
 
-def rewrite_200(data: bytes) -> bytes:
-    msg = parse_message(data)
-    check_response(msg)
+def edit_200(msg: SipMessage) -> MessageEditor:
     edit = MessageEditor(msg)
     edit.remove_first_value("via")
     edit.replace_value(msg.fields_named("contact")[0], b"<sip:bob-a91c@10.77.0.1:5060>")
@@ -136,11 +140,30 @@ def rewrite_200(data: bytes) -> bytes:
     if location is not None:
         sdp = anchor(parse_sdp(location.extract(msg.body)), PLAN_IN)
         edit.set_body(location.replace(msg.body, sdp.to_bytes()))
-    return edit.apply()
+    return edit
+
+
+def rewrite_invite(data: bytes) -> bytes:
+    msg = parse_message(data)
+    check_request(msg)
+    return edit_invite(msg).apply()
+
+
+def rewrite_200(data: bytes) -> bytes:
+    msg = parse_message(data)
+    check_response(msg)
+    return edit_200(msg).apply()
+
+
+def checked(messages: list[bytes], check: Callable[[SipMessage], None]) -> list[SipMessage]:
+    parsed = [parse_message(data) for data in messages]
+    for msg in parsed:
+        check(msg)
+    return parsed
 
 
 def measure(
-    label: str, operation: Callable[[bytes], object], inputs: list[bytes], rounds: int = 7
+    label: str, operation: Callable[[Any], object], inputs: list[Any], rounds: int = 7
 ) -> float:
     for data in inputs[:100]:
         operation(data)  # warm up (regex compile, name cache)
@@ -151,7 +174,7 @@ def measure(
             operation(data)
         per_op.append((time.process_time_ns() - start) / len(inputs) / 1000)
     value = statistics.median(per_op)
-    print(f"{label:<46}{value:8.2f} us")
+    print(f"{label:<56}{value:8.2f} us")
     return value
 
 
@@ -167,12 +190,33 @@ def main() -> None:
         f"{POOL} distinct calls from {PHONES} phones; INVITE ~{len(INVITES[0])} bytes, "
         f"200 OK ~{len(OKS[0])} bytes; Python {sys.version.split()[0]}; per message:"
     )
-    measure("INVITE parse (frame + header spans)", parse_message, INVITES)
-    measure("INVITE parse + proxy checks", lambda d: check_request(parse_message(d)), INVITES)
+    invites, oks = checked(INVITES, check_request), checked(OKS, check_response)
+    for name, messages, parsed, check, edit in (
+        ("INVITE", INVITES, invites, check_request, edit_invite),
+        ("200 OK", OKS, oks, check_response, edit_200),
+    ):
+        parse = measure(f"{name} parse (frame + header spans)", parse_message, messages)
+        measure(f"{name} parse + proxy checks", lambda d, c=check: c(parse_message(d)), messages)
+        # the rewrite runs on a fresh parse each time, so that the lazy views it needs
+        # are paid for; the rewrite alone is the difference
+        both = measure(
+            f"{name} parse + rewrite (Via, RR, Max-Forwards, Contact, SDP)",
+            lambda m, e=edit: e(parse_message(m.raw)),
+            parsed,
+        )
+        print(f"{name + ' rewrite alone (difference)':<56}{both - parse:8.2f} us")
+        editors = [edit(msg) for msg in parsed]
+        measure(f"{name} serialize (apply the edits)", MessageEditor.apply, editors)
     measure(
-        "SDP parse + anchor + serialize", lambda s: anchor(parse_sdp(s), PLAN_OUT).to_bytes(), SDPS
+        "SDP parse + anchor + serialize (alone)",
+        lambda s: anchor(parse_sdp(s), PLAN_OUT).to_bytes(),
+        SDPS,
     )
-    measure("200 OK parse", parse_message, OKS)
+    measure(
+        "INVITE parse + rewrite + serialize (views used only)",
+        lambda d: edit_invite(parse_message(d)).apply(),
+        INVITES,
+    )
     measure("200 OK parse + checks + rewrite + serialize", rewrite_200, OKS)
     headline = measure("INVITE parse + checks + rewrite + serialize", rewrite_invite, INVITES)
     print(f"sip_invite_parse_rewrite_serialize: {headline:.1f} us")
