@@ -14,7 +14,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from alg.cdr import Cdr
 from alg.config import AlgConfig
@@ -83,10 +83,12 @@ class AlgShell:
         config: AlgConfig,
         core: ProxyCore,
         on_calls: Callable[[list[Cdr]], None] | None = None,
+        lookup: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.core = core
         self.on_calls = on_calls  # finished call records (CDRs), written by the caller
+        self.lookup = lookup  # RFC 3263 resolution of a URI into the router's cache
         self.udp: dict[Side, asyncio.DatagramTransport] = {}
         self.servers: list[asyncio.Server] = []
         self.connections: dict[int, _Stream] = {}
@@ -144,6 +146,25 @@ class AlgShell:
             log.exception("core failed on a message from %s", source)
             return
         self._dispatch(sends)
+        self._after_core()
+
+    def _start_lookups(self) -> None:
+        for uri in self.core.take_lookups():
+            task = self._loop.create_task(self._resolve(uri))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _resolve(self, uri: str) -> None:
+        if self.lookup is not None:
+            try:
+                await self.lookup(uri)
+            except Exception:  # a failed lookup must still resume (the core answers 503)
+                log.exception("DNS lookup of %s failed", uri)
+        self._dispatch(self.core.resume_lookup(uri, self._loop.time()))
+        self._after_core()
+
+    def _after_core(self) -> None:
+        self._start_lookups()
         self._drain_calls()
         self._arm_timer()
 
@@ -162,8 +183,7 @@ class AlgShell:
             log.exception("core failed in a timer")
             sends = []
         self._dispatch(sends)
-        self._drain_calls()
-        self._arm_timer()
+        self._after_core()
 
     def _arm_timer(self) -> None:
         deadline = self.core.get_timer()

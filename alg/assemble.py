@@ -6,20 +6,29 @@ runs, and from the core so that the core stays free of files and databases.
 
 from __future__ import annotations
 
+import logging
+import random
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from dns.exception import DNSException
 
 from alg import routing
 from alg.auth import Algorithm, DigestAuthenticator, DigestPolicy, Role
 from alg.cdr import CallRecorder, Cdr, CdrWriter
 from alg.config import AlgConfig
+from alg.dns_resolver import AsyncDnsResolver, ResolvedTarget
 from alg.edge import EdgeRouter, LocationLookup
+from alg.errors import AlgError
 from alg.location import LocationStore, SqliteLocationStore
 from alg.proxy import ProxyCore
 from alg.ratelimit import Rate, RateLimitConfig, RateLimiter
 from alg.registrar import Registrar, RegistrarPolicy
+from alg.sip import SipUri, parse_uri
 from alg.subscribers import SqliteSubscriberStore
+
+log = logging.getLogger("sipwall.alg.dns")
 
 
 class StaticAndRegistered:
@@ -45,6 +54,20 @@ class AlgServices:
     location: LocationStore
     subscribers: SqliteSubscriberStore | None
     cdr_writer: CdrWriter | None
+    resolver: AsyncDnsResolver = field(default_factory=AsyncDnsResolver)
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def resolve(self, uri: str, now: Callable[[], float]) -> None:
+        """RFC 3263 resolution of a Request-URI into the router's cache (an empty
+        answer makes the parked requests fail with 503)."""
+        parsed = parse_uri(uri)
+        found: tuple[ResolvedTarget, ...] = ()
+        if isinstance(parsed, SipUri):
+            try:
+                found = await self.resolver.resolve(parsed, self.rng)
+            except (OSError, DNSException, AlgError) as exc:
+                log.warning("DNS resolution of %s failed: %s", uri, exc)
+        self.edge.remember_resolution(uri, found, now())
 
     def reload(self) -> None:
         """Reload the route table (SIGHUP); on error the running table stays."""

@@ -23,10 +23,19 @@ from collections.abc import Sequence
 
 from alg import routing
 from alg.auth import Authenticated, AuthFailure, Challenge, DigestAuthenticator
+from alg.dns_resolver import ResolvedTarget
 from alg.location import LocationStore, Source
-from alg.proxy_model import Answer, Endpoint, ProxyConfig, Routed, Target
+from alg.proxy_model import Answer, Endpoint, ProxyConfig, Resolve, Routed, Target
 from alg.registrar import Registrar
 from alg.sip import SipMessage, SipUri, TelUri
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class LocationLookup:
@@ -68,6 +77,16 @@ class EdgeRouter:
         self.register_auth = register_auth
         self.outbound_auth = outbound_auth
         self.realm = realm
+        # RFC 3263 answers by Request-URI, filled by the shell (alg.aio) after a lookup;
+        # short-lived: the resolver has its own TTL-honouring cache
+        self._resolved: dict[str, tuple[float, tuple[ResolvedTarget, ...]]] = {}
+
+    def remember_resolution(
+        self, uri: str, targets: Sequence[ResolvedTarget], now: float, ttl: float = 30.0
+    ) -> None:
+        self._resolved[uri] = (now + ttl, tuple(targets))
+        if len(self._resolved) > 4096:  # bounded: drop what has expired
+            self._resolved = {u: v for u, v in self._resolved.items() if v[0] > now}
 
     def reload_routes(self, table: routing.RoutingTable) -> None:
         """Swap the prefix table (SIGHUP / `sipwall ctl reload`): calls in progress keep
@@ -76,7 +95,7 @@ class EdgeRouter:
             self.routes.local_domains, self.routes.location, table, self.routes.directory
         )
 
-    def route(self, request: SipMessage, source: Endpoint, now: float) -> Routed | Answer:
+    def route(self, request: SipMessage, source: Endpoint, now: float) -> Routed | Answer | Resolve:
         uri = request.request_uri
         if request.method == "REGISTER" and self._is_ours(uri):
             return self._register(request, source, now)
@@ -85,6 +104,10 @@ class EdgeRouter:
         )
         if isinstance(decided, routing.Reject):
             return Answer(decided.status, decided.reason)
+        expanded = self._expand_dns(decided, now)
+        if not isinstance(expanded, routing.RouteDecision):
+            return expanded
+        decided = expanded
         targets = tuple(t for t in map(self._target, decided.targets) if t is not None)
         if not targets:
             return Answer(503, "Service Unavailable (no reachable next hop)")
@@ -130,6 +153,29 @@ class EdgeRouter:
         if isinstance(verdict, Challenge):
             return Answer(verdict.status, verdict.reason, verdict.headers)
         return Answer(verdict.status, verdict.reason)
+
+    def _expand_dns(
+        self, decided: routing.RouteDecision, now: float
+    ) -> routing.RouteDecision | Answer | Resolve:
+        """Replace targets that need DNS by what RFC 3263 resolution found (cached), or
+        ask for the lookup."""
+        if not any(t.needs_resolution and not _is_address(t.next_hop) for t in decided.targets):
+            return decided
+        expanded: list[routing.Target] = []
+        for target in decided.targets:
+            if not target.needs_resolution or _is_address(target.next_hop):
+                expanded.append(target)
+                continue
+            cached = self._resolved.get(target.uri)
+            if cached is None or cached[0] <= now:
+                return Resolve(target.uri)
+            found = routing.expand_dns(target, cached[1])
+            if isinstance(found, routing.Reject):
+                continue
+            expanded.extend(found.targets)
+        if not expanded:
+            return Answer(503, "Service Unavailable (DNS found no server)")
+        return routing.RouteDecision(tuple(expanded), decided.parallel)
 
     def _target(self, target: routing.Target) -> Target | None:
         """A routing target as the core's; names that need DNS are skipped here (the

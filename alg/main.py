@@ -26,7 +26,12 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
     core = services.core
     loop = asyncio.get_running_loop()
     wall_offset = time.time() - loop.time()
-    shell = AlgShell(config, core, lambda calls: services.write_calls(calls, wall_offset))
+    shell = AlgShell(
+        config,
+        core,
+        on_calls=lambda calls: services.write_calls(calls, wall_offset),
+        lookup=lambda uri: services.resolve(uri, loop.time),
+    )
     await shell.start()
     stop = asyncio.Event()
 

@@ -48,7 +48,16 @@ from alg.forwarding import (
     stateless_branch,
     strip_top_via,
 )
-from alg.proxy_model import Answer, Endpoint, ProxyConfig, Routed, Router, Send, Target
+from alg.proxy_model import (
+    Answer,
+    Endpoint,
+    ProxyConfig,
+    Resolve,
+    Routed,
+    Router,
+    Send,
+    Target,
+)
 from alg.ratelimit import Drop as RateDrop
 from alg.ratelimit import RateLimiter
 from alg.ratelimit import Reject as RateReject
@@ -143,6 +152,10 @@ class ProxyCore:
         self._servers: dict[ServerKey | LegacyServerKey, ServerSide] = {}
         self._clients: dict[ClientKey, ClientBranch] = {}
         self._timers: list[tuple[float, int, ServerSide | ClientBranch]] = []
+        # requests parked until DNS resolution of a URI (RFC 3263), and lookups the
+        # shell has not been asked for yet
+        self._parked: dict[str, list[ServerSide]] = {}
+        self.lookups: list[str] = []
         self._sequence = itertools.count()
         self._branch_numbers = itertools.count()
 
@@ -256,7 +269,30 @@ class ProxyCore:
             status, reason, headers = screened
             self._respond(server, status, now, out, reason=reason, headers=headers)
             return
+        self._route_server(server, now, out)
+
+    def resume_lookup(self, uri: str, now: float) -> list[Send]:
+        """DNS for `uri` is done (the router has the answer): route what waited for it."""
+        out: list[Send] = []
+        for server in self._parked.pop(uri, []):
+            if not server.txn.terminated:
+                self._route_server(server, now, out)
+        return out
+
+    def take_lookups(self) -> list[str]:
+        lookups, self.lookups = self.lookups, []
+        return lookups
+
+    def _route_server(self, server: ServerSide, now: float, out: list[Send]) -> None:
+        msg, source = server.request, server.source
         decided = self._targets(msg, source, now)
+        if isinstance(decided, Resolve):
+            waiting = self._parked.setdefault(decided.uri, [])
+            if not waiting:
+                self.lookups.append(decided.uri)
+            waiting.append(server)
+            self.stats["dns.parked"] += 1
+            return
         if isinstance(decided, Answer):
             self._respond(
                 server, decided.status, now, out, reason=decided.reason, headers=decided.headers
@@ -288,7 +324,7 @@ class ProxyCore:
             return 420, None, (("Unsupported", ", ".join(unsupported).encode()),)
         return None
 
-    def _targets(self, msg: SipMessage, source: Endpoint, now: float) -> Routed | Answer:
+    def _targets(self, msg: SipMessage, source: Endpoint, now: float) -> Routed | Answer | Resolve:
         routes = plan_routes(msg, self.config)
         if routes.next_route is not None:  # §16.6 step 6: loose routing to the top Route
             return Routed((Target(self._endpoint_for(routes.next_route)),))
@@ -300,6 +336,8 @@ class ProxyCore:
                 return Routed((Target(self._endpoint_for(target_uri)),))
             return Answer(416)
         decided = self.router.route(msg, source, now)
+        if isinstance(decided, Resolve):
+            return decided
         if isinstance(decided, Answer | Routed):
             return decided if not isinstance(decided, Routed) or decided.targets else Answer(480)
         return Routed(tuple(decided)) if decided else Answer(480)
@@ -410,6 +448,13 @@ class ProxyCore:
                 self._answer_statelessly(msg, source, 483, None, out)
             return
         decided = self._targets(msg, source, now)
+        if isinstance(decided, Resolve):
+            # stateless: nothing to park; ask for the lookup, the retransmission of the
+            # request will find the answer cached
+            if decided.uri not in self._parked:
+                self._parked[decided.uri] = []
+                self.lookups.append(decided.uri)
+            return
         if isinstance(decided, Answer):
             if msg.method != "ACK":
                 self._answer_statelessly(msg, source, decided.status, decided.reason, out)

@@ -125,10 +125,18 @@ class Routed:
     parallel: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """The router needs RFC 3263 DNS resolution of `uri` first: the core parks the
+    request, the shell resolves and then calls `ProxyCore.resume_lookup(uri, now)`."""
+
+    uri: str
+
+
 class Router(Protocol):
     """Decides what happens to a new, out-of-dialog request (§16.5). In-dialog and
     loose-routed requests are routed by the core from their Route set."""
 
     def route(
         self, request: SipMessage, source: Endpoint, now: float
-    ) -> Sequence[Target] | Routed | Answer: ...
+    ) -> Sequence[Target] | Routed | Answer | Resolve: ...

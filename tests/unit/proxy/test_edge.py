@@ -180,3 +180,59 @@ def test_rate_limit_answers_503_with_retry_after(tmp_path: Path) -> None:
         statuses += [m.status for m in sent_to(out, ALICE) if m.status >= 200]
     assert statuses[:2] == [404, 404]
     assert 503 in statuses
+
+
+def test_other_domain_is_parked_for_dns_then_forwarded_to_what_rfc3263_found(
+    tmp_path: Path,
+) -> None:
+    from alg.dns_resolver import ResolvedTarget
+
+    alg = services(tmp_path, auth=False)
+    core = alg.core
+    out = core.receive(invite("sip:carol@provider.example", "z9hG4bKd1"), ALICE, 0.0)
+    assert [m.status for m in sent_to(out, ALICE)] == [100]  # parked, nothing forwarded
+    assert [s for s in out if s.to.side == "outside"] == []
+    assert core.take_lookups() == ["sip:carol@provider.example"]
+    # a second call to the same URI waits for the same lookup
+    core.receive(invite("sip:carol@provider.example", "z9hG4bKd2", call_id="c2"), ALICE, 0.1)
+    assert core.take_lookups() == []
+    found = [ResolvedTarget("198.51.100.40", 5080, "udp", "sip.provider.example")]
+    alg.edge.remember_resolution("sip:carol@provider.example", found, now=0.2)
+    out = core.resume_lookup("sip:carol@provider.example", 0.2)
+    server = Endpoint("outside", "UDP", "198.51.100.40", 5080)
+    assert [m.call_id for m in sent_to(out, server)] == ["call-9", "c2"]
+    assert str(sent_to(out, server)[0].request_uri) == "sip:carol@provider.example"
+
+
+def test_dns_finding_nothing_answers_503(tmp_path: Path) -> None:
+    alg = services(tmp_path, auth=False)
+    core = alg.core
+    core.receive(invite("sip:dave@nowhere.example", "z9hG4bKd3"), ALICE, 0.0)
+    alg.edge.remember_resolution("sip:dave@nowhere.example", [], now=0.1)
+    out = core.resume_lookup("sip:dave@nowhere.example", 0.1)
+    assert [m.status for m in sent_to(out, ALICE)] == [503]
+
+
+def test_services_resolve_fills_the_router_cache(tmp_path: Path) -> None:
+    import asyncio
+
+    from alg.dns_resolver import ResolvedTarget
+
+    class CannedResolver:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        async def resolve(self, uri, rng):  # type: ignore[no-untyped-def]
+            self.asked.append(str(uri))
+            return (ResolvedTarget("198.51.100.41", 5060, "udp", uri.host),)
+
+    alg = services(tmp_path, auth=False)
+    canned = CannedResolver()
+    alg.resolver = canned  # type: ignore[assignment]
+    core = alg.core
+    core.receive(invite("sip:erin@other.example", "z9hG4bKd4"), ALICE, 0.0)
+    (uri,) = core.take_lookups()
+    asyncio.run(alg.resolve(uri, lambda: 0.5))
+    out = core.resume_lookup(uri, 0.5)
+    assert canned.asked == ["sip:erin@other.example"]
+    assert sent_to(out, Endpoint("outside", "UDP", "198.51.100.41", 5060))
