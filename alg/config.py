@@ -87,6 +87,8 @@ class AlgConfig:
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     cdr_file: str | None = None  # JSON lines, one record per call
     pid_file: str | None = None  # for `sipwall ctl reload` (SIGHUP)
+    syslog: str | None = None  # "host[:port]" of an RFC 5424 collector (UDP)
+    syslog_facility: str = "local0"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def proxy_config(self) -> ProxyConfig:
@@ -203,6 +205,7 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_config(data: Mapping[str, Any]) -> AlgConfig:
+    log_section = _section(data, "log", {"level", "syslog", "facility"})
     sides = {name: _side(data.get(name), name) for name in SIDES}
     proxy = data.get("proxy", {})
     mode = proxy.get("mode", "stateful")
@@ -237,7 +240,9 @@ def parse_config(data: Mapping[str, Any]) -> AlgConfig:
         t1=float(proxy.get("t1", 0.5)),
         static_users=tuple(users),
         upstream=proxy.get("upstream"),
-        log_level=str(data.get("log", {}).get("level", "INFO")).upper(),
+        log_level=str(log_section.get("level", "INFO")).upper(),
+        syslog=log_section.get("syslog"),
+        syslog_facility=str(log_section.get("facility", "local0")),
         **_services(data),
     )
 

@@ -13,15 +13,33 @@ from pathlib import Path
 
 from alg.aio import AlgShell
 from alg.assemble import assemble
-from alg.config import ConfigError, load_config
+from alg.config import AlgConfig, ConfigError, load_config
 from alg.errors import AlgError
+from alg.logsetup import LogSettings, configure_logging
 
 log = logging.getLogger("sipwall.alg")
 
 
+def log_settings(config: AlgConfig) -> LogSettings:
+    """Console logging with the Call-ID of each record, plus RFC 5424 syslog over UDP to
+    the collector of `[log] syslog` if one is set."""
+    host, port = None, 514
+    if config.syslog:
+        host, _, port_text = (
+            config.syslog.rpartition(":") if ":" in config.syslog else (config.syslog, "", "514")
+        )
+        port = int(port_text or 514)
+    return LogSettings(
+        level=config.log_level,
+        syslog_host=host,
+        syslog_port=port,
+        facility=config.syslog_facility,
+    )
+
+
 async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
     config = load_config(config_path)
-    logging.getLogger("sipwall").setLevel(config.log_level)
+    configure_logging(log_settings(config))
     services = assemble(config)
     core = services.core
     loop = asyncio.get_running_loop()

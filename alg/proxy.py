@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from alg.forwarding import (
     stateless_branch,
     strip_top_via,
 )
+from alg.logsetup import call_context
 from alg.proxy_model import (
     Answer,
     Endpoint,
@@ -81,6 +83,8 @@ from alg.transactions import (
     event_for_status,
     tu_event_for_status,
 )
+
+log = logging.getLogger("sipwall.alg.proxy")
 
 # A target answering these (or not at all) gives way to the next one in serial forking.
 _FAILOVER_STATUSES = frozenset({408, 500, 503})
@@ -262,6 +266,16 @@ class ProxyCore:
         )
         self._servers[key] = server
         self._record_request(msg, source, now)
+        if log.isEnabledFor(logging.DEBUG):
+            with call_context(msg.call_id):
+                log.debug(
+                    "%s %s from %s %s:%d",
+                    msg.method,
+                    msg.start_line,
+                    source.side,
+                    source.host,
+                    source.port,
+                )
         if kind is Kind.INVITE_SERVER:
             self._respond(server, 100, now, out)  # §16.2: absorb retransmissions early
         screened = self._screen(msg)
@@ -596,6 +610,9 @@ class ProxyCore:
         data = build_response(
             server.request, status, reason, to_tag=server.to_tag, extra_headers=headers
         )
+        if status >= 300 and log.isEnabledFor(logging.DEBUG):
+            with call_context(server.request.call_id):
+                log.debug("answered %d %s to %s", status, reason or "", server.source.host)
         self._server_send(server, tu_event_for_status(status), data, now, out)
 
     def _server_send(

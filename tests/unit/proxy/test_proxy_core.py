@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from proxy_harness import (
     ALICE,
     BOB,
@@ -267,3 +270,31 @@ def test_bad_start_line_and_framing_still_get_an_answer() -> None:
     # an ACK or a response with a bad start line is never answered
     assert core.receive(bad_version.replace(b"INVITE sip:", b"ACK sip:", 1), ALICE, 0.0) == []
     assert core.receive(b"SIP/2.0 2000 Bad\r\nVia: x\r\n\r\n", BOB, 0.0) == []
+
+
+def test_core_log_records_carry_the_call_id(caplog: pytest.LogCaptureFixture) -> None:
+    from alg.logsetup import CallIdFilter
+
+    core, _ = new_core()
+    caplog.handler.addFilter(CallIdFilter())
+    with caplog.at_level(logging.DEBUG, logger="sipwall.alg.proxy"):
+        core.receive(invite(to_user="nobody"), ALICE, 0.0)
+    ids = {getattr(record, "call_id", None) for record in caplog.records}
+    assert ids == {"call-1@10.77.0.10"}
+    assert any("answered 404" in record.getMessage() for record in caplog.records)
+
+
+def test_alg_log_settings_from_config() -> None:
+    from alg.config import parse_config
+    from alg.main import log_settings
+
+    base = {"inside": {"address": "10.77.0.1"}, "outside": {"address": "203.0.113.1"}}
+    settings = log_settings(
+        parse_config({**base, "log": {"level": "debug", "syslog": "10.77.0.5:5514"}})
+    )
+    assert (settings.level, settings.syslog_host, settings.syslog_port) == (
+        "DEBUG",
+        "10.77.0.5",
+        5514,
+    )
+    assert log_settings(parse_config(base)).syslog_host is None
