@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Iterable
 
 from alg.errors import SipParseError
-from alg.sip import SipMessage
+from alg.sip import SipMessage, parse_message
 from alg.sip.headers import split_commas
 
 # RFC 3261 §21 reason phrases for the responses a proxy sends itself.
@@ -137,3 +137,27 @@ def _first_value(via_field: bytes) -> bytes:
     """The first value of a Via field that may hold several comma-separated values."""
     text = via_field.decode("utf-8", "surrogateescape")
     return split_commas(text)[0].encode("utf-8", "surrogateescape")
+
+
+def stand_in_request(data: bytes) -> SipMessage | None:
+    """A request whose start line or framing is bad (505, or 400 for RFC 4475
+    §3.1.2.2-3, 7-10, §3.3.9) still deserves an answer: re-read its header block behind a
+    placeholder start line and without Content-Length, only to copy Via, From, To, Call-ID
+    and CSeq (§8.2.6.2). None for responses and ACKs (never answered) and for anything
+    whose header block cannot be read (dropped, §18.3)."""
+    line_end = data.find(b"\r\n")
+    head_end = data.find(b"\r\n\r\n")
+    if line_end <= 0 or head_end < 0 or data[:4].upper() == b"SIP/":
+        return None
+    if data.startswith(b"ACK "):
+        return None
+    lines = [
+        line
+        for line in data[line_end + 2 : head_end].split(b"\r\n")
+        if line.split(b":", 1)[0].strip().lower() not in (b"content-length", b"l")
+    ]
+    head = b"\r\n".join([b"OPTIONS sip:invalid SIP/2.0", *lines])
+    try:
+        return parse_message(head + b"\r\nContent-Length: 0\r\n\r\n")
+    except SipParseError:
+        return None

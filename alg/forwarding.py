@@ -215,3 +215,28 @@ def response_destination(response: SipMessage, config: ProxyConfig) -> Endpoint 
     host = via.received or via.host
     port = via.rport or via.port or 5060
     return Endpoint(config.side_of(host), via.transport, host, port)
+
+
+def endpoint_for(uri: SipUri, config: ProxyConfig) -> Endpoint:
+    """The next hop a SIP URI names (maddr, transport and port parameters; RFC 3263 §4
+    defaults: 5060, or 5061 for TLS/sips), on the side its address belongs to."""
+    transport = (uri.param("transport") or ("tls" if uri.is_sips else "udp")).upper()
+    port = uri.port or (5061 if transport == "TLS" else 5060)
+    host = uri.param("maddr") or uri.host
+    return Endpoint(config.side_of(host), transport, host, port)
+
+
+def with_challenges(best: SipMessage, collected: list[SipMessage]) -> bytes:
+    """A response forwarded upstream; a 401/407 carries the challenges of every branch
+    (§16.7 step 7)."""
+    if best.status not in (401, 407):
+        return strip_top_via(best)
+    edit = MessageEditor(best)
+    edit.remove_first_value("via")
+    for other in collected:
+        if other is best:
+            continue
+        for name in ("www-authenticate", "proxy-authenticate"):
+            for field in other.fields_named(name):
+                edit.append(name, other.field_value(field))
+    return edit.apply()

@@ -29,25 +29,26 @@ responses by their Via, keeping no state at all.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from alg.builders import build_ack, build_cancel, build_response, new_tag
+from alg.builders import build_ack, build_cancel, build_response, new_tag, stand_in_request
+from alg.call_events import CallEvents
 from alg.cdr import CallRecorder, Cdr
 from alg.errors import SipParseError
 from alg.forwarding import (
     RoutePlan,
     build_forwarded,
+    endpoint_for,
     is_loop,
     new_branch,
     plan_routes,
     response_destination,
     stateless_branch,
     strip_top_via,
+    with_challenges,
 )
 from alg.logsetup import call_context
 from alg.proxy_model import (
@@ -60,12 +61,12 @@ from alg.proxy_model import (
     Send,
     Target,
 )
+from alg.proxy_state import ClientBranch, ServerSide, TimerHeap
 from alg.ratelimit import Drop as RateDrop
 from alg.ratelimit import RateLimiter
 from alg.ratelimit import Reject as RateReject
-from alg.response_context import ResponseContext, Verdict
+from alg.response_context import Verdict
 from alg.sip import (
-    MessageEditor,
     SipMessage,
     SipUri,
     check_request,
@@ -92,52 +93,6 @@ _FAILOVER_STATUSES = frozenset({408, 500, 503})
 _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 
 
-@dataclass(eq=False, slots=True)
-class ServerSide:
-    """A server transaction and the response context of the request it received."""
-
-    key: ServerKey | LegacyServerKey
-    txn: Transaction
-    request: SipMessage
-    source: Endpoint
-    to_tag: str
-    context: ResponseContext[SipMessage] = field(default_factory=ResponseContext)
-    branches: list[ClientBranch] = field(default_factory=list)
-    last_response: bytes | None = None
-    scheduled: float | None = None
-    # serial forking (failover): targets still to try, and how to build their requests
-    serial: list[Target] = field(default_factory=list)
-    routes: RoutePlan | None = None
-    record_route: bool = False
-
-    def deadline(self) -> float | None:
-        return self.txn.get_timer()
-
-
-@dataclass(eq=False, slots=True)
-class ClientBranch:
-    """A client transaction: one forwarded copy of a request (or our own CANCEL)."""
-
-    number: int
-    key: ClientKey
-    txn: Transaction
-    request: SipMessage
-    data: bytes
-    destination: Endpoint
-    server: ServerSide | None  # None for a CANCEL we generated
-    provisional: bool = False
-    cancel_wanted: bool = False
-    cancelled: bool = False
-    timer_c: float | None = None
-    scheduled: float | None = None
-
-    def deadline(self) -> float | None:
-        txn_timer = self.txn.get_timer()
-        if self.timer_c is None:
-            return txn_timer
-        return self.timer_c if txn_timer is None else min(txn_timer, self.timer_c)
-
-
 class ProxyCore:
     def __init__(
         self,
@@ -150,17 +105,15 @@ class ProxyCore:
         self.config = config
         self.router = router
         self.limiter = limiter
-        self.recorder = recorder
-        self.finished_calls: list[Cdr] = []  # drained by the shell (CDR writer)
+        self.calls = CallEvents(recorder) if recorder is not None else None
         self.stats: Counter[str] = Counter()
         self._servers: dict[ServerKey | LegacyServerKey, ServerSide] = {}
         self._clients: dict[ClientKey, ClientBranch] = {}
-        self._timers: list[tuple[float, int, ServerSide | ClientBranch]] = []
+        self._timers = TimerHeap()
         # requests parked until DNS resolution of a URI (RFC 3263), and lookups the
         # shell has not been asked for yet
         self._parked: dict[str, list[ServerSide]] = {}
         self.lookups: list[str] = []
-        self._sequence = itertools.count()
         self._branch_numbers = itertools.count()
 
     # --- public interface -----------------------------------------------------------
@@ -189,27 +142,25 @@ class ProxyCore:
         return out
 
     def get_timer(self) -> float | None:
-        calls = self.recorder.get_timer() if self.recorder is not None else None
-        while self._timers:
-            deadline, _, owner = self._timers[0]
-            if owner.scheduled == deadline:
-                return deadline if calls is None else min(deadline, calls)
-            heapq.heappop(self._timers)  # stale entry
-        return calls
+        calls = self.calls.get_timer() if self.calls is not None else None
+        deadline = self._timers.next_deadline()
+        if deadline is None or calls is None:
+            return calls if deadline is None else deadline
+        return min(deadline, calls)
+
+    @property
+    def finished_calls(self) -> list[Cdr]:
+        """Finished call records not yet taken (the shell writes them)."""
+        return self.calls.finished if self.calls is not None else []
 
     def take_finished_calls(self) -> list[Cdr]:
-        done, self.finished_calls = self.finished_calls, []
-        return done
+        return self.calls.take() if self.calls is not None else []
 
     def handle_timer(self, now: float) -> list[Send]:
         out: list[Send] = []
-        if self.recorder is not None:
-            self.finished_calls += self.recorder.expire(now)
-        while self._timers and self._timers[0][0] <= now:
-            deadline, _, owner = heapq.heappop(self._timers)
-            if owner.scheduled != deadline:
-                continue
-            owner.scheduled = None
+        if self.calls is not None:
+            self.calls.expire(now)
+        for owner in self._timers.due(now):
             if isinstance(owner, ServerSide):
                 self._server_actions(owner, owner.txn.handle_timer(now), out)
             else:
@@ -265,7 +216,8 @@ class ProxyCore:
             new_tag(),
         )
         self._servers[key] = server
-        self._record_request(msg, source, now)
+        if self.calls is not None:
+            self.calls.request(msg, source, now)
         if log.isEnabledFor(logging.DEBUG):
             with call_context(msg.call_id):
                 log.debug(
@@ -357,10 +309,7 @@ class ProxyCore:
         return Routed(tuple(decided)) if decided else Answer(480)
 
     def _endpoint_for(self, uri: SipUri) -> Endpoint:
-        transport = (uri.param("transport") or ("tls" if uri.is_sips else "udp")).upper()
-        port = uri.port or (5061 if transport == "TLS" else 5060)
-        host = uri.param("maddr") or uri.host
-        return Endpoint(self.config.side_of(host), transport, host, port)
+        return endpoint_for(uri, self.config)
 
     def _fork(  # noqa: PLR0917
         self,
@@ -415,8 +364,8 @@ class ProxyCore:
             # hop-by-hop ACK for our non-2xx (§17.2.1): absorbed here
             self._server_actions(server, server.txn.handle(Event.ACK, now), out)
             return
-        if self.recorder is not None:
-            self.recorder.ack(msg.call_id, now)
+        if self.calls is not None:
+            self.calls.ack(msg.call_id, now)
         # ACK for a 2xx is end-to-end (§13.2.2.4): forward along its route, no state
         self._forward_stateless(msg, source, now, out)
 
@@ -429,8 +378,8 @@ class ProxyCore:
         out: list[Send],
     ) -> None:
         invite = self._servers.get(server_key(msg, for_method="INVITE"))
-        if self.recorder is not None:
-            self.recorder.cancel(msg.call_id, now)
+        if self.calls is not None:
+            self.calls.cancel(msg.call_id, now)
         if invite is None:
             # §16.10: no response context: forward the CANCEL statelessly
             self._forward_stateless(msg, source, now, out)
@@ -582,18 +531,7 @@ class ProxyCore:
         self._server_send(server, tu_event_for_status(best_status or 500), data, now, out)
 
     def _with_challenges(self, server: ServerSide, best: SipMessage) -> bytes:
-        """§16.7 step 7: a 401/407 carries the challenges of every branch."""
-        if best.status not in (401, 407):
-            return strip_top_via(best)
-        edit = MessageEditor(best)
-        edit.remove_first_value("via")
-        for other in server.context.challenges():
-            if other is best:
-                continue
-            for name in ("www-authenticate", "proxy-authenticate"):
-                for field_ in other.fields_named(name):
-                    edit.append(name, other.field_value(field_))
-        return edit.apply()
+        return with_challenges(best, server.context.challenges())
 
     # --- transaction plumbing -------------------------------------------------------
 
@@ -618,8 +556,8 @@ class ProxyCore:
     def _server_send(
         self, server: ServerSide, event: Event, data: bytes, now: float, out: list[Send]
     ) -> None:
-        if self.recorder is not None and server.txn.kind is Kind.INVITE_SERVER:
-            self._record_response(server.request, data, now)
+        if self.calls is not None and server.txn.kind is Kind.INVITE_SERVER:
+            self.calls.response(server.request, data, now)
         server.last_response = data
         self._server_actions(server, server.txn.handle(event, now), out)
         self._schedule(server)
@@ -708,54 +646,9 @@ class ProxyCore:
     def _answer_unparsable(
         self, data: bytes, error: SipParseError, source: Endpoint, out: list[Send]
     ) -> None:
-        """A request whose start line is bad (505, or 400 for RFC 4475 §3.1.2.7-10) still
-        deserves an answer: re-read it behind a placeholder start line only to copy Via,
-        From, To, Call-ID and CSeq (§8.2.6.2). Responses and ACKs are never answered, and
-        anything whose header block cannot be read is dropped (§18.3)."""
-        line_end = data.find(b"\r\n")
-        head_end = data.find(b"\r\n\r\n")
-        if line_end <= 0 or head_end < 0 or data[:4].upper() == b"SIP/":
-            return
-        if data.startswith(b"ACK "):
-            return
-        # Only the header block, without the Content-Length that may be what is wrong
-        # (RFC 4475 §3.1.2.2-3, §3.3.9): enough to copy the fields a response needs.
-        lines = [
-            line
-            for line in data[line_end + 2 : head_end].split(b"\r\n")
-            if line.split(b":", 1)[0].strip().lower() not in (b"content-length", b"l")
-        ]
-        head = b"\r\n".join([b"OPTIONS sip:invalid SIP/2.0", *lines])
-        try:
-            stand_in = parse_message(head + b"\r\nContent-Length: 0\r\n\r\n")
-        except SipParseError:
-            return
-        self._answer_statelessly(stand_in, source, error.status, error.reason, out)
-
-    def _record_request(self, msg: SipMessage, source: Endpoint, now: float) -> None:
-        """CDR events of a new request (INVITE starting a call, BYE ending one)."""
-        recorder = self.recorder
-        if recorder is None:
-            return
-        if msg.method == "INVITE" and msg.to.tag is None:
-            caller, callee = str(msg.from_.uri), str(msg.to.uri)
-            recorder.invite(msg.call_id, caller, callee, source.side, now)
-        elif msg.method == "BYE":
-            tags = tuple(tag for tag in (msg.from_.tag, msg.to.tag) if tag)
-            cdr = recorder.bye(msg.call_id, now, tags)
-            if cdr is not None:
-                self.finished_calls.append(cdr)
-
-    def _record_response(self, request: SipMessage, data: bytes, now: float) -> None:
-        if self.recorder is None or request.to.tag is not None:
-            return
-        try:
-            response = parse_message(data)
-            cdr = self.recorder.response(request.call_id, response.status, now, response.to.tag)
-        except SipParseError:
-            return
-        if cdr is not None:
-            self.finished_calls.append(cdr)
+        stand_in = stand_in_request(data)
+        if stand_in is not None:
+            self._answer_statelessly(stand_in, source, error.status, error.reason, out)
 
     def _answer_statelessly(  # noqa: PLR0917
         self,
@@ -772,9 +665,4 @@ class ProxyCore:
             self.stats["dropped.unanswerable"] += 1  # no usable Via/To/...: drop
 
     def _schedule(self, owner: ServerSide | ClientBranch) -> None:
-        deadline = owner.deadline()
-        if deadline is None:
-            return
-        if owner.scheduled is None or deadline < owner.scheduled:
-            owner.scheduled = deadline
-            heapq.heappush(self._timers, (deadline, next(self._sequence), owner))
+        self._timers.schedule(owner)

@@ -1,0 +1,103 @@
+"""The per-request state of the stateful proxy: server side and client branches.
+
+A `ServerSide` is one received request: its server transaction, the response context of
+§16.7 and what serial forking still has to try. A `ClientBranch` is one forwarded copy
+(or a CANCEL we generated), with Timer C (§16.6 step 11). Both expose `deadline()` and
+the `scheduled` slot the core's timer heap uses.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from alg.forwarding import RoutePlan
+from alg.proxy_model import Endpoint, Target
+from alg.response_context import ResponseContext
+from alg.sip import SipMessage
+from alg.transaction_keys import ClientKey, LegacyServerKey, ServerKey
+from alg.transactions import Transaction
+
+
+@dataclass(eq=False, slots=True)
+class ServerSide:
+    """A server transaction and the response context of the request it received."""
+
+    key: ServerKey | LegacyServerKey
+    txn: Transaction
+    request: SipMessage
+    source: Endpoint
+    to_tag: str
+    context: ResponseContext[SipMessage] = field(default_factory=ResponseContext)
+    branches: list[ClientBranch] = field(default_factory=list)
+    last_response: bytes | None = None
+    scheduled: float | None = None
+    # serial forking (failover): targets still to try, and how to build their requests
+    serial: list[Target] = field(default_factory=list)
+    routes: RoutePlan | None = None
+    record_route: bool = False
+
+    def deadline(self) -> float | None:
+        return self.txn.get_timer()
+
+
+@dataclass(eq=False, slots=True)
+class ClientBranch:
+    """A client transaction: one forwarded copy of a request (or our own CANCEL)."""
+
+    number: int
+    key: ClientKey
+    txn: Transaction
+    request: SipMessage
+    data: bytes
+    destination: Endpoint
+    server: ServerSide | None  # None for a CANCEL we generated
+    provisional: bool = False
+    cancel_wanted: bool = False
+    cancelled: bool = False
+    timer_c: float | None = None
+    scheduled: float | None = None
+
+    def deadline(self) -> float | None:
+        txn_timer = self.txn.get_timer()
+        if self.timer_c is None:
+            return txn_timer
+        return self.timer_c if txn_timer is None else min(txn_timer, self.timer_c)
+
+
+class TimerHeap:
+    """One heap of (deadline, owner) for every transaction. Entries are never removed:
+    an owner's `scheduled` slot says which of its entries is current, the others are
+    skipped when they surface (lazy deletion keeps scheduling O(log n))."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, ServerSide | ClientBranch]] = []
+        self._sequence = itertools.count()
+
+    def schedule(self, owner: ServerSide | ClientBranch) -> None:
+        deadline = owner.deadline()
+        if deadline is None:
+            return
+        if owner.scheduled is None or deadline < owner.scheduled:
+            owner.scheduled = deadline
+            heapq.heappush(self._heap, (deadline, next(self._sequence), owner))
+
+    def next_deadline(self) -> float | None:
+        while self._heap:
+            deadline, _, owner = self._heap[0]
+            if owner.scheduled == deadline:
+                return deadline
+            heapq.heappop(self._heap)  # stale entry
+        return None
+
+    def due(self, now: float) -> Iterator[ServerSide | ClientBranch]:
+        """Owners whose current deadline is due; each is unscheduled as it is yielded
+        (the caller reschedules it after running its timers)."""
+        while self._heap and self._heap[0][0] <= now:
+            deadline, _, owner = heapq.heappop(self._heap)
+            if owner.scheduled != deadline:
+                continue
+            owner.scheduled = None
+            yield owner
