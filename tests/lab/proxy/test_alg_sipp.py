@@ -234,3 +234,13 @@ def test_prefix_route_rewrites_digits_and_domain(tmp_path: Path) -> None:
                 service="17325551212",
             )
     assert (result.returncode, result.successful, result.failed) == (0, 5, 0), result.output
+
+
+def test_calls_over_tcp_on_the_inside(tmp_path: Path) -> None:
+    # the caller speaks TCP to the ALG; responses must come back on its connection
+    # (RFC 3261 §18.2.2) while the ALG reaches the callee over UDP
+    with alg_process(tmp_path) as alg, sipp_uas("uas_sdp.xml", "127.0.0.20", tmp_path) as uas:
+        result = sipp_uac(
+            "uac_sdp.xml", uas, alg.inside, tmp_path, calls=10, rate=10, extra=("-t", "t1")
+        )
+    assert (result.returncode, result.successful, result.failed) == (0, 10, 0), result.output
