@@ -102,32 +102,27 @@ def _has_tag(request: SipMessage, to_value: bytes) -> bool:
 def build_ack(request: SipMessage, response: SipMessage) -> bytes:
     """The ACK a client transaction sends for a non-2xx final response (§17.1.1.3):
     same R-URI, single top Via and Route set as the INVITE, To from the response."""
-    uri = getattr(request.start_line, "uri_text", "")
-    out = [f"ACK {uri} SIP/2.0\r\n".encode()]
-    vias = _raw_fields(request, "via")
-    out.append(_line("Via", _first_value(vias[0]) if vias else b""))
-    out += [_line("Route", value) for value in _raw_fields(request, "route")]
-    out += [_line("From", value) for value in _raw_fields(request, "from")]
-    out += [_line("To", value) for value in _raw_fields(response, "to")]
-    out += [_line("Call-ID", value) for value in _raw_fields(request, "call-id")]
-    out.append(_line("CSeq", f"{request.cseq.number} ACK".encode()))
-    out.append(_line("Max-Forwards", b"70"))
-    out.append(b"Content-Length: 0\r\n\r\n")
-    return b"".join(out)
+    return _same_transaction_request("ACK", request, _raw_fields(response, "to"))
 
 
 def build_cancel(invite: SipMessage) -> bytes:
     """CANCEL for a forwarded INVITE (§9.1): same R-URI, top Via (branch), Route set,
     From, To, Call-ID and CSeq number; the CANCEL is its own transaction."""
+    return _same_transaction_request("CANCEL", invite, _raw_fields(invite, "to"))
+
+
+def _same_transaction_request(method: str, invite: SipMessage, to_values: list[bytes]) -> bytes:
+    """A request that reuses an INVITE's branch (ACK for a non-2xx, CANCEL): R-URI, top
+    Via, Route set, From, Call-ID and CSeq number copied; To as given."""
     uri = getattr(invite.start_line, "uri_text", "")
-    out = [f"CANCEL {uri} SIP/2.0\r\n".encode()]
+    out = [f"{method} {uri} SIP/2.0\r\n".encode()]
     vias = _raw_fields(invite, "via")
     out.append(_line("Via", _first_value(vias[0]) if vias else b""))
     out += [_line("Route", value) for value in _raw_fields(invite, "route")]
     out += [_line("From", value) for value in _raw_fields(invite, "from")]
-    out += [_line("To", value) for value in _raw_fields(invite, "to")]
+    out += [_line("To", value) for value in to_values]
     out += [_line("Call-ID", value) for value in _raw_fields(invite, "call-id")]
-    out.append(_line("CSeq", f"{invite.cseq.number} CANCEL".encode()))
+    out.append(_line("CSeq", f"{invite.cseq.number} {method}".encode()))
     out.append(_line("Max-Forwards", b"70"))
     out.append(b"Content-Length: 0\r\n\r\n")
     return b"".join(out)
