@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import logging
@@ -23,6 +24,15 @@ from alg.proxy_model import SIDES, Endpoint, Send, Side
 from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
 
 log = logging.getLogger("sipwall.alg.transport")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -198,10 +208,8 @@ class AlgShell:
     def _dispatch(self, sends: list[Send]) -> None:
         for send in sends:
             target = send.to
-            try:
-                ipaddress.ip_address(target.host)
-            except ValueError:
-                log.warning("no DNS resolution yet for %s: dropped", target.host)
+            if not _is_address(target.host):
+                log.warning("not an address (resolve names first): %s dropped", target.host)
                 continue
             if target.transport == "UDP":
                 transport = self.udp.get(target.side)

@@ -75,25 +75,36 @@ class ProxyConfig:
     _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(), init=False, repr=False, compare=False
     )
+    _ours: frozenset[tuple[str, int]] = field(
+        default=frozenset(), init=False, repr=False, compare=False
+    )
+    # side_of is asked for every message sent; a bounded memo saves parsing the address
+    _sides: dict[str, Side] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         networks = tuple(ipaddress.ip_network(net, strict=False) for net in self.inside_networks)
         object.__setattr__(self, "_networks", networks)
+        ours = frozenset((iface.host, iface.port) for iface in self.interfaces.values())
+        object.__setattr__(self, "_ours", ours)
 
     def side_of(self, host: str) -> Side:
         """The side an address is reached from; names (not literals) count as outside."""
+        side = self._sides.get(host)
+        if side is not None:
+            return side
         try:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            return "outside"
-        return "inside" if any(address in net for net in self._networks) else "outside"
+            side = "outside"
+        else:
+            side = "inside" if any(address in net for net in self._networks) else "outside"
+        if len(self._sides) >= 8192:
+            self._sides.clear()
+        self._sides[host] = side
+        return side
 
     def is_ours(self, host: str, port: int | None) -> bool:
-        host = host.strip("[]")
-        return any(
-            iface.host == host and (port or 5060) == iface.port
-            for iface in self.interfaces.values()
-        )
+        return (host.strip("[]"), port or 5060) in self._ours
 
 
 @dataclass(frozen=True, slots=True)
