@@ -15,6 +15,7 @@ import functools
 import ipaddress
 import itertools
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 from alg.cdr import Cdr
@@ -24,6 +25,22 @@ from alg.proxy_model import SIDES, Endpoint, Send, Side
 from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
 
 log = logging.getLogger("sipwall.alg.transport")
+
+
+# A burst (or a pause of the process) must not overflow the socket: the kernel's default
+# ~208 KiB holds only a few hundred SIP datagrams. Kamailio asks for the same 4 MiB.
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def _enlarge_receive_buffer(sock: socket.socket) -> None:
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, UDP_RECEIVE_BUFFER)
+        except OSError:
+            continue  # SO_RCVBUFFORCE needs CAP_NET_ADMIN; SO_RCVBUF is capped by rmem_max
+        return
 
 
 @functools.lru_cache(maxsize=4096)
@@ -116,6 +133,7 @@ class AlgShell:
                 transport, _ = await self._loop.create_datagram_endpoint(
                     self._datagram_factory(side), local_addr=address
                 )
+                _enlarge_receive_buffer(transport.get_extra_info("socket"))
                 self.udp[side] = transport
             if "tcp" in side_config.transports:
                 server = await self._loop.create_server(

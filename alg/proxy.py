@@ -463,7 +463,7 @@ class ProxyCore:
             elif action is Action.SEND_ACK:
                 out.append(Send(branch.destination, build_ack(branch.request, msg)))
             elif action is Action.TERMINATE:
-                self._clients.pop(branch.key, None)
+                self._forget_client(branch)
         self._schedule(branch)
 
     def _forward_response_statelessly(self, msg: SipMessage, out: list[Send]) -> None:
@@ -568,20 +568,40 @@ class ProxyCore:
         for action in actions:
             if action is Action.SEND_RESPONSE and server.last_response is not None:
                 out.append(Send(server.source, server.last_response))
-            elif action is Action.TERMINATE and self._servers.get(server.key) is server:
-                del self._servers[server.key]
+            elif action is Action.TERMINATE:
+                self._forget_server(server)
+
+    def _forget_server(self, server: ServerSide) -> None:
+        """The server transaction is over. Its branches keep a reference to it while they
+        still run; it drops its references to them so that nothing forms a cycle (a
+        cycle would wait for a full garbage collection, a pause of hundreds of ms)."""
+        if self._servers.get(server.key) is server:
+            del self._servers[server.key]
+        server.branches = []
+
+    def _forget_client(self, branch: ClientBranch) -> None:
+        if self._clients.get(branch.key) is branch:
+            del self._clients[branch.key]
+        server = branch.server
+        if server is not None:
+            branch.server = None
+            if branch in server.branches:
+                server.branches.remove(branch)
 
     def _client_timers(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
         if branch.timer_c is not None and branch.timer_c <= now:
             branch.timer_c = None
             self.stats["timer_c"] += 1
-            if branch.provisional:
+            if branch.provisional and not branch.cancelled:
                 self._cancel_branch(branch, now, out)  # §16.6 step 11: ringing too long
+                # §16.8 lets the proxy end the client transaction: if no final response
+                # (the 487) comes within 64*T1 of the CANCEL, give up on the branch
+                branch.timer_c = now + 64 * self.config.timers.t1
             else:
                 # §16.8: as if a 408 had arrived on this branch
                 branch.txn.abandon()
-                self._clients.pop(branch.key, None)
                 self._branch_failed(branch, now, out)
+                self._forget_client(branch)
                 return
         for action in branch.txn.handle_timer(now):
             if action is Action.SEND_REQUEST:
@@ -590,7 +610,7 @@ class ProxyCore:
             elif action in (Action.TIMEOUT, Action.TRANSPORT_FAILED):
                 self._branch_failed(branch, now, out)
             elif action is Action.TERMINATE:
-                self._clients.pop(branch.key, None)
+                self._forget_client(branch)
 
     def _fail_over(self, server: ServerSide, now: float, out: list[Send]) -> None:
         """Serial forking: a failed target gives way to the next one (the new branch is
@@ -607,6 +627,13 @@ class ProxyCore:
         decision = server.context.branch_failed(branch.number)
         if decision.verdict is Verdict.FORWARD:
             status = decision.final_status or 408
+            if status == 408 and decision.final is None and server.request.method != "INVITE":
+                # RFC 4320 §4.1: never 408 to a non-INVITE request; by now the client
+                # has given up anyway. The server transaction ends silently.
+                server.txn.abandon()
+                self._forget_server(server)
+                self.stats["timeout.non_invite"] += 1
+                return
             data = (
                 build_response(server.request, status, to_tag=server.to_tag)
                 if decision.final is None

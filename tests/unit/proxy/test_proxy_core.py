@@ -298,3 +298,40 @@ def test_alg_log_settings_from_config() -> None:
         5514,
     )
     assert log_settings(parse_config(base)).syslog_host is None
+
+
+def test_finished_calls_leave_no_reference_cycles() -> None:
+    # Cycles are only freed by full garbage collections, which pause the proxy for
+    # hundreds of ms under load; every object a call creates must go by refcount.
+    import gc
+
+    core, _ = new_core()
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(20):
+            forwarded = sent_to(
+                core.receive(invite(call_id=f"gc-{i}", branch=f"z9hG4bKgc{i}"), ALICE, i), BOB
+            )[0]
+            status = (200, 486, 180)[i % 3]
+            core.receive(respond(forwarded, status), BOB, i + 0.1)
+        core.receive(invite(to_user="both", call_id="gc-fork", branch="z9hG4bKgcf"), ALICE, 30)
+        run_timers(core, 10_000.0)
+        assert core.transaction_count == 0
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_non_invite_timeout_is_never_answered_408() -> None:
+    core, _ = new_core()
+    options = (
+        invite()
+        .replace(b"INVITE sip:", b"OPTIONS sip:")
+        .replace(b"CSeq: 1 INVITE", b"CSeq: 1 OPTIONS")
+    )
+    core.receive(options, ALICE, 0.0)
+    fired = run_timers(core, 100.0)
+    # RFC 4320 §4.1: the request is retransmitted and then dropped silently
+    assert [m.status for _, out in fired for m in sent_to(out, ALICE)] == []
+    assert core.transaction_count == 0
