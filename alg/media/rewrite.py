@@ -1,0 +1,299 @@
+"""The rewrite of a message crossing to the outside, as span edits on a `MessageEditor`,
+and the reverse on the way in.
+
+SDP (ARCHITECTURE §3 step 3): `c=`, `m=`, `a=rtcp` and `o=` move to the public binding
+through `alg.sdp.anchor`; ICE attributes go (RFC 8839: the ALG does not honour
+candidates; `strip_ice=False` passes them through, for deployments that terminate ICE
+elsewhere — they still may not name an inside address, see below). Then `scrub_sdp`
+removes what `anchor` leaves on purpose (a disabled stream's `c=`, a session `c=` no
+anchored stream uses) or cannot know (an `a=`/`i=`/`u=` line naming an inside address).
+
+Topology hiding (`hide_outbound`), for a message from the inside going outside:
+
+* Via — the inside hops' values are removed from requests and stashed under our branch
+  (RFC 3261 §16.6 step 8 puts ours on top; §16.7 step 3 matches the response by it);
+  `restore_inbound` puts them back on the response.
+* Contact (every URI), Record-Route and Route entries and the Request-URI with an inside
+  host — replaced by `sip:<token>@<our outside address>`, so in-dialog requests come to
+  us and are restored to the original URI on the way in (RFC 3261 §12.1.1, §16.4).
+* From/To — an inside IP host becomes `<token>.invalid` (RFC 2606); the user part stays.
+* Call-ID with an inside address — replaced by a token (§8.1.1.4 only asks uniqueness).
+* Any other header field still naming an inside address is removed (they are optional:
+  Warning, User-Agent, P-headers ...); one of the fields a dialog needs cannot be
+  removed and refuses the message (`TopologyLeak`).
+
+Tokens are keyed hashes (`alg.media.masking.TokenTable`), one kind per place, so a URI
+token never restores into a host position.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from alg.errors import AlgError, SdpParseError
+from alg.media.masking import TOKEN_RE, InsideNetworks, TokenTable, ViaStash
+from alg.sdp import (
+    AnchorPlan,
+    IPAddress,
+    SessionDescription,
+    anchor,
+    parse_sdp,
+    set_media_transport,
+    set_session_connection,
+)
+from alg.sip import MessageEditor, SipMessage, SipUri, find_sdp
+from alg.sip.headers import parse_name_address, split_commas
+
+# Fields a message cannot do without (RFC 3261 §8.1.1): never deleted, must be masked.
+ESSENTIAL: Final = frozenset(
+    {"via", "from", "to", "call-id", "cseq", "contact", "route", "record-route", "max-forwards"}
+)
+_URI_FIELDS: Final = ("contact", "record-route", "route")
+_MASKED_URI_RE: Final = re.compile(r"sips?:(sw-[a-z2-7]{16})@[^;>\s,]*(?:;lr)?")
+_MASKED_HOST_RE: Final = re.compile(r"(sw-[a-z2-7]{16})\.invalid")
+
+
+class TopologyLeak(AlgError):
+    """An inside address would reach the outside and cannot be hidden."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hiding:
+    """Where masked URIs point (our outside SIP interface) and what is inside."""
+
+    outside_host: str
+    outside_port: int
+    inside: InsideNetworks
+    strip_ice: bool = True
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.outside_host}]" if ":" in self.outside_host else self.outside_host
+        return f"{host}:{self.outside_port}"
+
+
+# ---- SDP ----------------------------------------------------------------------------
+
+
+def scrub_sdp(sdp: SessionDescription, inside: InsideNetworks, public: IPAddress) -> bytes:
+    """Remove every inside address `anchor` left in an SDP (see the module docstring)."""
+    session = sdp.session.connection
+    if session is not None and inside.contains(session.address):
+        sdp = set_session_connection(sdp, public)
+    for index, media in enumerate(sdp.media):
+        for connection in media.connections:
+            if inside.contains(connection.address):
+                port = sdp.layout.media_lines[index].port
+                sdp = set_media_transport(sdp, index, public, port)
+                break
+    kept = [
+        line
+        for line in sdp.lines
+        if line[:2] not in (b"a=", b"i=", b"u=", b"e=", b"p=", b"k=") or not inside.find_in(line)
+    ]
+    data = b"".join(kept)
+    leak = inside.find_in(data)
+    if leak is not None:
+        raise TopologyLeak(f"SDP still names {leak}")
+    return data
+
+
+def anchored_sdp(
+    sdp: SessionDescription, plan: AnchorPlan, inside: InsideNetworks, public: IPAddress
+) -> bytes:
+    return scrub_sdp(anchor(sdp, plan), inside, public)
+
+
+def sdp_of(msg: SipMessage) -> SessionDescription | None:
+    """The message's SDP, or None; an unparsable SDP raises `SdpParseError`."""
+    location = find_sdp(msg)
+    if location is None:
+        return None
+    body = location.extract(msg.body)
+    if not body.strip():
+        return None
+    return parse_sdp(body)
+
+
+def set_sdp(edit: MessageEditor, sdp: bytes) -> None:
+    """Put `sdp` where the message's SDP was (whole body, or its multipart part)."""
+    msg = edit.message
+    location = find_sdp(msg)
+    if location is None:
+        raise SdpParseError("message has no SDP to replace")
+    edit.set_body(location.replace(msg.body, sdp))
+
+
+# ---- topology hiding ------------------------------------------------------------------
+
+
+def _masked_uri(tokens: TokenTable, uri_text: str, hiding: Hiding, now: float, lr: bool) -> str:
+    token = tokens.token("uri\x00" + uri_text, now)
+    return f"sip:{token}@{hiding.hostport}" + (";lr" if lr else "")
+
+
+def _is_inside_uri(uri: object, inside: InsideNetworks) -> bool:
+    return isinstance(uri, SipUri) and (
+        inside.contains(uri.host) or inside.contains(uri.param("maddr") or "")
+    )
+
+
+def _mask_name_addr_list(
+    value: str, tokens: TokenTable, hiding: Hiding, now: float, *, all_uris: bool, lr: bool
+) -> str:
+    out: list[str] = []
+    for part in split_commas(value):
+        if part == "*":
+            out.append(part)
+            continue
+        address = parse_name_address(part, "Contact")
+        if all_uris or _is_inside_uri(address.uri, hiding.inside):
+            masked = _masked_uri(tokens, str(address.uri), hiding, now, lr)
+            params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in address.params)
+            out.append(f"<{masked}>{params}")
+        else:
+            out.append(part)
+    return ", ".join(out)
+
+
+def _mask_host(value: str, tokens: TokenTable, hiding: Hiding, now: float, header: str) -> str:
+    address = parse_name_address(value, header)
+    uri = address.uri
+    if not isinstance(uri, SipUri) or not hiding.inside.contains(uri.host):
+        return value
+    token = tokens.token("host\x00" + uri.host_port, now)
+    masked = uri.with_changes(host=f"{token}.invalid", port=None)
+    return value.replace(str(uri), str(masked), 1)
+
+
+def hide_outbound(
+    edit: MessageEditor,
+    tokens: TokenTable,
+    stash: ViaStash,
+    hiding: Hiding,
+    now: float,
+) -> None:
+    """Mask every inside address in the headers of a message from the inside (see the
+    module docstring). The body is the caller's (`anchored_sdp`)."""
+    msg = edit.message
+    inside = hiding.inside
+    if msg.is_request:
+        _stash_vias(edit, stash, now)
+        uri = msg.request_uri
+        if _is_inside_uri(uri, inside):
+            edit.set_request_uri(_masked_uri(tokens, str(uri), hiding, now, lr=False))
+    for name in _URI_FIELDS:
+        for field in msg.fields_named(name):
+            text = msg.field_value(field).decode("utf-8", "surrogateescape")
+            masked = _mask_name_addr_list(
+                text, tokens, hiding, now, all_uris=name == "contact", lr=name != "contact"
+            )
+            if masked != text:
+                edit.replace_value(field, masked.encode("utf-8", "surrogateescape"))
+    for name in ("from", "to"):
+        for field in msg.fields_named(name):
+            text = msg.field_value(field).decode("utf-8", "surrogateescape")
+            masked = _mask_host(text, tokens, hiding, now, name)
+            if masked != text:
+                edit.replace_value(field, masked.encode("utf-8", "surrogateescape"))
+    for field in msg.fields_named("call-id"):
+        call_id = msg.field_value(field).decode("utf-8", "surrogateescape")
+        if inside.find_in(call_id.encode("utf-8", "surrogateescape")):
+            edit.replace_value(field, tokens.token("cid\x00" + call_id, now).encode())
+    for field in msg.fields:
+        if field.name in ESSENTIAL or field.name.startswith("content-"):
+            continue
+        if inside.find_in(msg.field_value(field)):
+            edit.delete_field(field)
+
+
+def _stash_vias(edit: MessageEditor, stash: ViaStash, now: float) -> None:
+    """Keep only the top Via (ours) and stash the others under its branch."""
+    msg = edit.message
+    fields = msg.fields_named("via")
+    values: list[str] = []
+    for field in fields:
+        values += split_commas(msg.field_value(field).decode("utf-8", "surrogateescape"))
+    if len(values) < 2:
+        return
+    branch = msg.top_via.branch or ""
+    stash.put(branch, tuple(v.encode("utf-8", "surrogateescape") for v in values[1:]), now)
+    edit.replace_value(fields[0], values[0].encode("utf-8", "surrogateescape"))
+    for field in fields[1:]:
+        edit.delete_field(field)
+
+
+def check_no_leak(data: bytes, inside: InsideNetworks) -> None:
+    leak = inside.find_in(data)
+    if leak is not None:
+        raise TopologyLeak(f"{leak} would reach the outside")
+
+
+# ---- the way back in ------------------------------------------------------------------
+
+
+def _restore_text(text: str, tokens: TokenTable, now: float) -> str:
+    if "sw-" not in text:
+        return text
+
+    def uri(match: re.Match[str]) -> str:
+        original = tokens.restore(match.group(1), now)
+        if original is None or not original.startswith("uri\x00"):
+            return match.group(0)
+        return original[4:]
+
+    def host(match: re.Match[str]) -> str:
+        original = tokens.restore(match.group(1), now)
+        if original is None or not original.startswith("host\x00"):
+            return match.group(0)
+        return original[5:]
+
+    def call_id(match: re.Match[str]) -> str:
+        original = tokens.restore(match.group(0), now)
+        if original is None or not original.startswith("cid\x00"):
+            return match.group(0)
+        return original[4:]
+
+    text = _MASKED_URI_RE.sub(uri, text)
+    text = _MASKED_HOST_RE.sub(host, text)
+    return TOKEN_RE.sub(call_id, text)
+
+
+def restore_inbound(data: bytes, tokens: TokenTable, stash: ViaStash, now: float) -> bytes:
+    """A message from the outside with our masks undone: tokens in the start line and
+    header fields back to the original URIs, hosts and Call-IDs, and, on a response, the
+    inside Vias back under ours. Unknown tokens are left alone (the request then fails
+    to route, which is what a forged or expired token deserves)."""
+    from alg.sip import parse_message  # local: keep the module import light
+
+    msg = parse_message(data)
+    edit = MessageEditor(msg)
+    changed = False
+    line = msg.start_line
+    uri_text = getattr(line, "uri_text", None)
+    if uri_text is not None and "sw-" in uri_text:
+        restored = _restore_text(uri_text, tokens, now)
+        if restored != uri_text:
+            edit.set_request_uri(restored)
+            changed = True
+    for field in msg.fields:
+        if field.name == "via":
+            continue
+        raw = msg.field_value(field)
+        if b"sw-" not in raw:
+            continue
+        text = raw.decode("utf-8", "surrogateescape")
+        restored = _restore_text(text, tokens, now)
+        if restored != text:
+            edit.replace_value(field, restored.encode("utf-8", "surrogateescape"))
+            changed = True
+    if not msg.is_request and msg.has("via"):
+        vias = stash.get(msg.top_via.branch or "", now)
+        if vias:
+            first = msg.fields_named("via")[0]
+            value = b", ".join((msg.field_value(first), *vias))
+            edit.replace_value(first, value)
+            changed = True
+    return edit.apply() if changed else data
