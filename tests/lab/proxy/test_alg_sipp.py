@@ -244,3 +244,54 @@ def test_calls_over_tcp_on_the_inside(tmp_path: Path) -> None:
             "uac_sdp.xml", uas, alg.inside, tmp_path, calls=10, rate=10, extra=("-t", "t1")
         )
     assert (result.returncode, result.successful, result.failed) == (0, 10, 0), result.output
+
+
+def test_route_table_reload_without_restart(tmp_path: Path) -> None:
+    import contextlib
+
+    from sipwall.cli import main as sipwall
+
+    routes = tmp_path / "routes.toml"
+    pid_file = tmp_path / "alg.pid"
+
+    def route_to(gateway: tuple[str, int]) -> None:
+        routes.write_text(
+            '[[route]]\nprefix = "1732"\nstrip = 1\ndomain = "regional.example"\n'
+            f'next_hops = ["{gateway[0]}:{gateway[1]}"]\n'
+        )
+
+    with contextlib.ExitStack() as stack:
+        second = stack.enter_context(sipp_uas("uas_sdp_rewritten.xml", "127.0.0.21", tmp_path))
+        with sipp_uas("uas_sdp_rewritten.xml", "127.0.0.20", tmp_path) as first:
+            route_to(first)
+            extra = f'[files]\nroutes = "{routes}"\npid = "{pid_file}"\n'
+            alg = stack.enter_context(alg_process(tmp_path, extra))
+            before = sipp_uac(
+                "uac_sdp.xml",
+                alg.inside,
+                alg.inside,
+                tmp_path,
+                calls=2,
+                rate=2,
+                service="17325551212",
+            )
+            assert (before.returncode, before.successful) == (0, 2), before.output
+            route_to(second)
+            assert sipwall(["ctl", "reload", "--pid-file", str(pid_file)]) == 0
+        # the first gateway is gone: calls can only succeed through the reloaded table
+        deadline = time.monotonic() + 15
+        while True:
+            after = sipp_uac(
+                "uac_sdp.xml",
+                alg.inside,
+                alg.inside,
+                tmp_path,
+                calls=1,
+                rate=1,
+                service="17325551212",
+                timeout=8,
+            )
+            if after.successful == 1:
+                break
+            assert time.monotonic() < deadline, after.output
+        assert "Traceback" not in alg.log.read_text()
