@@ -6,11 +6,13 @@ runs, and from the core so that the core stays free of files and databases.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from dns.exception import DNSException
 
@@ -68,6 +70,24 @@ class AlgServices:
             except (OSError, DNSException, AlgError) as exc:
                 log.warning("DNS resolution of %s failed: %s", uri, exc)
         self.edge.remember_resolution(uri, found, now())
+
+    def counters(self) -> dict[str, object]:
+        """Everything countable about the running ALG (`sipwall ctl stats`)."""
+        core = self.core
+        counters: dict[str, object] = {
+            "proxy": dict(sorted(core.stats.items())),
+            "transactions": core.transaction_count,
+        }
+        if core.limiter is not None:
+            counters["ratelimit"] = asdict(core.limiter.stats())
+        return counters
+
+    def write_counters(self) -> None:
+        if self.config.stats_file:
+            path = Path(self.config.stats_file)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.counters(), indent=2, sort_keys=True) + "\n")
+            temporary.replace(path)  # readers never see a half-written file
 
     def reload(self) -> None:
         """Reload the route table (SIGHUP); on error the running table stays."""
@@ -149,6 +169,7 @@ def assemble(config: AlgConfig) -> AlgServices:
         register_auth=authenticator(Role.UAS) if config.auth.register else None,
         outbound_auth=authenticator(Role.PROXY) if config.auth.outbound else None,
         realm=config.auth.realm,
+        dns=config.dns_resolver == "system",
     )
     limiter = None
     if config.ratelimit.enabled:

@@ -87,6 +87,10 @@ class AlgConfig:
     ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
     cdr_file: str | None = None  # JSON lines, one record per call
     pid_file: str | None = None  # for `sipwall ctl reload` (SIGHUP)
+    stats_file: str | None = None  # counters as JSON, written on SIGUSR1 and at exit
+    # RFC 3263 lookups for other domains: "system" uses the host's resolver. Off by
+    # default so that a lab or test run never queries a server outside the lab.
+    dns_resolver: str = "off"
     syslog: str | None = None  # "host[:port]" of an RFC 5424 collector (UDP)
     syslog_facility: str = "local0"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -169,7 +173,11 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
     if not algorithms or not set(algorithms) <= {"SHA-256", "MD5"}:
         raise ConfigError("[auth].algorithms must be a non-empty list of 'SHA-256', 'MD5'")
     limits = _section(data, "ratelimit", {"enabled", "invite", "register", "other"})
-    files = _section(data, "files", {"routes", "cdr", "pid"})
+    files = _section(data, "files", {"routes", "cdr", "pid", "stats"})
+    dns = _section(data, "dns", {"resolver"})
+    resolver = str(dns.get("resolver", "off"))
+    if resolver not in ("off", "system"):
+        raise ConfigError("[dns].resolver must be 'off' or 'system'")
     minimum = _int_option(registrar, "registrar", "min_expires", 60)
     maximum = _int_option(registrar, "registrar", "max_expires", 3600)
     default = _int_option(registrar, "registrar", "default_expires", 3600)
@@ -201,6 +209,8 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
         "routes_file": files.get("routes"),
         "cdr_file": files.get("cdr"),
         "pid_file": files.get("pid"),
+        "stats_file": files.get("stats"),
+        "dns_resolver": resolver,
     }
 
 

@@ -70,7 +70,9 @@ class EdgeRouter:
         register_auth: DigestAuthenticator | None = None,
         outbound_auth: DigestAuthenticator | None = None,
         realm: str = "sipwall",
+        dns: bool = False,
     ) -> None:
+        self.dns = dns  # may names be resolved (RFC 3263)? off: never ask for a lookup
         self.proxy = proxy
         self.routes = routes
         self.registrar = registrar
@@ -168,6 +170,8 @@ class EdgeRouter:
                 continue
             cached = self._resolved.get(target.uri)
             if cached is None or cached[0] <= now:
+                if not self.dns:
+                    continue  # resolution disabled: this target cannot be reached
                 return Resolve(target.uri)
             found = routing.expand_dns(target, cached[1])
             if isinstance(found, routing.Reject):

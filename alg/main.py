@@ -66,12 +66,20 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
         except AlgError as exc:
             log.error("reload failed, keeping the running table: %s", exc)  # noqa: TRY400
 
+    def dump_counters() -> None:
+        try:
+            services.write_counters()
+        except OSError as exc:
+            log.error("cannot write counters: %s", exc)  # noqa: TRY400
+
     previous = {
-        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        sig: signal.getsignal(sig)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
     }
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, dump_counters)
     if config.pid_file:
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
     log.info("sipwall alg running (%s mode)", config.mode)
@@ -86,6 +94,7 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
             signal.signal(sig, handler)
         await shell.close()
         services.write_calls(core.take_finished_calls(), wall_offset)
+        dump_counters()
         services.close()
         if config.pid_file:
             Path(config.pid_file).unlink(missing_ok=True)

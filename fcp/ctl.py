@@ -226,8 +226,42 @@ def reload_alg(argv: Sequence[str]) -> int:
     return 0
 
 
+def alg_stats(argv: Sequence[str]) -> int:
+    """`sipwall ctl stats --pid-file FILE --stats-file FILE`: the running ALG's counters
+    (requests, retransmissions, malformed, rate-limited, transactions ...) as JSON."""
+    import argparse
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="sipwall ctl stats", description=alg_stats.__doc__)
+    parser.add_argument("--pid-file", required=True, help="the ALG's [files].pid")
+    parser.add_argument("--stats-file", required=True, help="the ALG's [files].stats")
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    stats = Path(args.stats_file)
+    try:
+        before = stats.stat().st_mtime_ns if stats.exists() else 0
+        pid = int(Path(args.pid_file).read_text().strip())
+        os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + args.timeout
+        while not stats.exists() or stats.stat().st_mtime_ns == before:
+            if time.monotonic() > deadline:
+                print("sipwall ctl stats: the ALG did not write its counters", file=sys.stderr)
+                return EXIT_ERROR
+            time.sleep(0.02)
+        print(stats.read_text(), end="")
+    except (OSError, ValueError) as exc:
+        print(f"sipwall ctl stats: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stats"]:
+        return alg_stats(argv[1:])
     # Subcommands about the ALG (its subscribers and its configuration) rather than
     # about an agent's state.
     if argv[:1] == ["users"]:

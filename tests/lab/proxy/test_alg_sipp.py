@@ -295,3 +295,44 @@ def test_route_table_reload_without_restart(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, after.output
         assert "Traceback" not in alg.log.read_text()
+
+
+def test_counters_of_the_running_alg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from sipwall.cli import main as sipwall
+
+    pid_file, stats_file = tmp_path / "alg.pid", tmp_path / "stats.json"
+    extra = (
+        f'[files]\npid = "{pid_file}"\nstats = "{stats_file}"\n'
+        "[ratelimit]\nenabled = true\ninvite = [1, 3]\n"
+    )
+    with alg_process(tmp_path, extra) as alg:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.10", 0))
+            sock.sendto((TORTURE / "badinv01.dat").read_bytes(), alg.inside)
+            assert _final_for(sock, _call_id((TORTURE / "badinv01.dat").read_bytes()), 2.0) == 400
+            statuses = []
+            for i in range(8):  # a burst of INVITEs from one source: some get 503
+                # to our own domain: accepted ones are answered 404 (no such user),
+                # so every 503 is the rate limiter's
+                data = (
+                    (TORTURE / "sdp01.dat")
+                    .read_bytes()
+                    .replace(b"sdp01.ndaksdj9342dasdd", f"burst-{i}".encode())
+                    .replace(b"INVITE sip:user@example.com", b"INVITE sip:nobody@127.0.0.1")
+                    .replace(b"branch=z9hG4bKkdjuw", f"branch=z9hG4bKburst{i}".encode())
+                )
+                sock.sendto(data, alg.inside)
+                statuses.append(_final_for(sock, f"burst-{i}".encode(), 2.0))
+        capsys.readouterr()
+        assert (
+            sipwall(["ctl", "stats", "--pid-file", str(pid_file), "--stats-file", str(stats_file)])
+            == 0
+        )
+        counters = json.loads(capsys.readouterr().out)
+    assert 503 in statuses and 404 in statuses
+    assert set(statuses) <= {404, 503, None}  # None: dropped when far over the limit
+    assert counters["proxy"]["malformed"] >= 1
+    assert counters["proxy"]["ratelimit.rejected"] == statuses.count(503)
+    assert counters["ratelimit"]["malformed"] >= 1

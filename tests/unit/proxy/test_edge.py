@@ -182,12 +182,23 @@ def test_rate_limit_answers_503_with_retry_after(tmp_path: Path) -> None:
     assert 503 in statuses
 
 
+# canned answers only: these tests never query a real server
+DNS_ON = '[dns]\nresolver = "system"\n'
+
+
+def test_dns_off_by_default_never_asks_for_a_lookup(tmp_path: Path) -> None:
+    alg = services(tmp_path, auth=False)
+    out = alg.core.receive(invite("sip:carol@provider.example", "z9hG4bKd0"), ALICE, 0.0)
+    assert [m.status for m in sent_to(out, ALICE)] == [100, 503]
+    assert alg.core.take_lookups() == []
+
+
 def test_other_domain_is_parked_for_dns_then_forwarded_to_what_rfc3263_found(
     tmp_path: Path,
 ) -> None:
     from alg.dns_resolver import ResolvedTarget
 
-    alg = services(tmp_path, auth=False)
+    alg = services(tmp_path, auth=False, extra=DNS_ON)
     core = alg.core
     out = core.receive(invite("sip:carol@provider.example", "z9hG4bKd1"), ALICE, 0.0)
     assert [m.status for m in sent_to(out, ALICE)] == [100]  # parked, nothing forwarded
@@ -205,7 +216,7 @@ def test_other_domain_is_parked_for_dns_then_forwarded_to_what_rfc3263_found(
 
 
 def test_dns_finding_nothing_answers_503(tmp_path: Path) -> None:
-    alg = services(tmp_path, auth=False)
+    alg = services(tmp_path, auth=False, extra=DNS_ON)
     core = alg.core
     core.receive(invite("sip:dave@nowhere.example", "z9hG4bKd3"), ALICE, 0.0)
     alg.edge.remember_resolution("sip:dave@nowhere.example", [], now=0.1)
@@ -226,7 +237,7 @@ def test_services_resolve_fills_the_router_cache(tmp_path: Path) -> None:
             self.asked.append(str(uri))
             return (ResolvedTarget("198.51.100.41", 5060, "udp", uri.host),)
 
-    alg = services(tmp_path, auth=False)
+    alg = services(tmp_path, auth=False, extra=DNS_ON)
     canned = CannedResolver()
     alg.resolver = canned  # type: ignore[assignment]
     core = alg.core
