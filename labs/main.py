@@ -75,8 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+DEMO_NOT_READY = """\
+sipwall lab demo: not available yet.
+The demo runs a real call through sipwall with media anchored in the kernel; the ALG's
+media anchoring (alg/media) is built and tested but not yet wired into the proxy.
+Meanwhile:  sipwall lab up basic   (then: sipwall lab status, sipwall lab down)
+            make test              (includes real baresip and sipp calls in lab namespaces)"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        print(DEMO_NOT_READY, file=sys.stderr)
+        return 2
+    args = _parser().parse_args(argv)
     handlers = {
         "scenarios": _scenarios,
         "check": _check,
