@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from alg.builders import build_ack, build_cancel, build_response, new_tag, stand_in_request
 from alg.call_events import CallEvents
@@ -51,6 +51,10 @@ from alg.forwarding import (
     with_challenges,
 )
 from alg.logsetup import call_context
+from alg.media.actions import AgentResult, Ready, Resolution
+from alg.media.actions import Forward as MediaForward
+from alg.media.actions import Parked as MediaParked
+from alg.media.core import MediaCore
 from alg.proxy_model import (
     Answer,
     Endpoint,
@@ -59,6 +63,7 @@ from alg.proxy_model import (
     Routed,
     Router,
     Send,
+    Side,
     Target,
 )
 from alg.proxy_state import ClientBranch, ServerSide, TimerHeap
@@ -87,6 +92,10 @@ from alg.transactions import (
 
 log = logging.getLogger("sipwall.alg.proxy")
 
+# What to do with a message once the media core lets it go (bytes to send), or refuses it.
+Proceed = Callable[[bytes, float, list[Send]], None]
+Refuse = Callable[[int, str | None, float, list[Send]], None]
+
 # A target answering these (or not at all) gives way to the next one in serial forking.
 _FAILOVER_STATUSES = frozenset({408, 500, 503})
 # Requests that create a dialog get our Record-Route (§16.6 step 4, RFC 6665 §4.3).
@@ -101,11 +110,16 @@ class ProxyCore:
         *,
         limiter: RateLimiter | None = None,
         recorder: CallRecorder | None = None,
+        media: MediaCore | None = None,
     ) -> None:
         self.config = config
         self.router = router
         self.limiter = limiter
         self.calls = CallEvents(recorder) if recorder is not None else None
+        # media anchoring (alg.media): messages crossing sides go through it and may wait
+        # for the agent; `_waiting` holds what to do when a parked message is resolved
+        self.media = media
+        self._waiting: dict[int, tuple[Proceed, Refuse]] = {}
         self.stats: Counter[str] = Counter()
         self._servers: dict[ServerKey | LegacyServerKey, ServerSide] = {}
         self._clients: dict[ClientKey, ClientBranch] = {}
@@ -124,6 +138,8 @@ class ProxyCore:
 
     def receive(self, data: bytes, source: Endpoint, now: float) -> list[Send]:
         out: list[Send] = []
+        if self.media is not None and source.side == "outside":
+            data = self.media.inbound(data, now)  # restore what topology hiding masked
         try:
             msg = parse_message(data, datagram=source.transport == "UDP")
         except SipParseError as exc:
@@ -143,6 +159,10 @@ class ProxyCore:
 
     def get_timer(self) -> float | None:
         calls = self.calls.get_timer() if self.calls is not None else None
+        if self.media is not None:
+            media = self.media.get_timer()
+            if media is not None:
+                calls = media if calls is None else min(calls, media)
         deadline = self._timers.next_deadline()
         if deadline is None or calls is None:
             return calls if deadline is None else deadline
@@ -160,6 +180,8 @@ class ProxyCore:
         out: list[Send] = []
         if self.calls is not None:
             self.calls.expire(now)
+        if self.media is not None:
+            self._resolve_media(self.media.handle_timer(now), now, out)
         for owner in self._timers.due(now):
             if isinstance(owner, ServerSide):
                 self._server_actions(owner, owner.txn.handle_timer(now), out)
@@ -249,6 +271,55 @@ class ProxyCore:
         lookups, self.lookups = self.lookups, []
         return lookups
 
+    def media_result(self, result: AgentResult, now: float) -> list[Send]:
+        """An agent answered one of the media core's actions (the shell performs them)."""
+        out: list[Send] = []
+        if self.media is not None:
+            self._resolve_media(self.media.on_result(result, now), now, out)
+            for record in self.media.take_records():
+                if self.calls is not None:
+                    self.calls.recorder.set_media(record.call_id, record.media)
+        return out
+
+    def _resolve_media(self, resolutions: list[Resolution], now: float, out: list[Send]) -> None:
+        for resolution in resolutions:
+            waiting = self._waiting.pop(resolution.ticket, None)
+            if waiting is None:
+                continue
+            proceed, refuse = waiting
+            if isinstance(resolution, Ready):
+                proceed(resolution.data, now, out)
+            else:
+                refuse(resolution.status, resolution.reason, now, out)
+
+    def _cross(  # noqa: PLR0917
+        self,
+        data: bytes,
+        from_side: Side,
+        to_side: Side,
+        source_host: str,
+        now: float,
+        out: list[Send],
+        proceed: Proceed,
+        refuse: Refuse,
+    ) -> None:
+        """Hand a message to the media core (anchoring, topology hiding) on its way from
+        one side to the other; continue with the bytes it returns, possibly later."""
+        if self.media is None:
+            proceed(data, now, out)
+            return
+        outcome = self.media.crossing(
+            data, from_side=from_side, to_side=to_side, source_host=source_host, now=now
+        )
+        if isinstance(outcome, MediaForward):
+            proceed(outcome.data, now, out)
+        elif isinstance(outcome, MediaParked):
+            self.stats["media.parked"] += 1
+            self._waiting[outcome.ticket] = (proceed, refuse)
+        else:
+            self.stats[f"media.refused.{outcome.status}"] += 1
+            refuse(outcome.status, outcome.reason, now, out)
+
     def _route_server(self, server: ServerSide, now: float, out: list[Send]) -> None:
         msg, source = server.request, server.source
         decided = self._targets(msg, source, now)
@@ -333,6 +404,35 @@ class ProxyCore:
             record_route=record_route,
             route_set=target.route_set,
         )
+
+        def proceed(data: bytes, now: float, out: list[Send]) -> None:
+            self._start_branch(server, target, branch_id, data, now, out)
+
+        def refuse(status: int, reason: str | None, now: float, out: list[Send]) -> None:
+            if not server.context.done and not server.context.pending:
+                self._respond(server, status, now, out, reason=reason)
+
+        self._cross(
+            data,
+            server.source.side,
+            target.next_hop.side,
+            server.source.host,
+            now,
+            out,
+            proceed,
+            refuse,
+        )
+
+    def _start_branch(  # noqa: PLR0917
+        self,
+        server: ServerSide,
+        target: Target,
+        branch_id: str,
+        data: bytes,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        msg = server.request
         kind = Kind.INVITE_CLIENT if msg.method == "INVITE" else Kind.NON_INVITE_CLIENT
         branch = ClientBranch(
             next(self._branch_numbers),
@@ -437,8 +537,16 @@ class ProxyCore:
             record_route=record_route,
             route_set=target.route_set,
         )
-        out.append(Send(target.next_hop, data))
-        self.stats["forwarded.stateless"] += 1
+
+        def proceed(data: bytes, now: float, out: list[Send]) -> None:
+            out.append(Send(target.next_hop, data))
+            self.stats["forwarded.stateless"] += 1
+
+        def refuse(status: int, reason: str | None, now: float, out: list[Send]) -> None:
+            if msg.method != "ACK":
+                self._answer_statelessly(msg, source, status, reason, out)
+
+        self._cross(data, source.side, target.next_hop.side, source.host, now, out, proceed, refuse)
 
     # --- responses ------------------------------------------------------------------
 
@@ -495,18 +603,33 @@ class ProxyCore:
             if branch.cancel_wanted:
                 self._cancel_branch(branch, now, out)
             if server.context.provisional(status) is Verdict.FORWARD:
-                self._server_send(server, Event.SEND_PROVISIONAL, strip_top_via(msg), now, out)
+                self._send_upstream(
+                    server,
+                    Event.SEND_PROVISIONAL,
+                    strip_top_via(msg),
+                    branch.destination.side,
+                    now,
+                    out,
+                )
             return
         branch.timer_c = None
         if status in _FAILOVER_STATUSES:
             self._fail_over(server, now, out)
         decision = server.context.final(branch.number, status, msg)
         self._apply_decision(
-            server, decision.verdict, msg, decision.final, decision.final_status, now, out
+            branch.destination.side,
+            server,
+            decision.verdict,
+            msg,
+            decision.final,
+            decision.final_status,
+            now,
+            out,
         )
 
     def _apply_decision(  # noqa: PLR0917
         self,
+        from_side: Side,
         server: ServerSide,
         verdict: Verdict,
         response: SipMessage,
@@ -521,14 +644,43 @@ class ProxyCore:
             for other in server.branches:
                 self._cancel_branch(other, now, out)
         if 200 <= response.status < 300:
-            self._server_send(server, Event.SEND_SUCCESS, strip_top_via(response), now, out)
+            self._send_upstream(
+                server, Event.SEND_SUCCESS, strip_top_via(response), from_side, now, out
+            )
             return
         if best is None:
             status = best_status or 500
             data = build_response(server.request, status, to_tag=server.to_tag)
+            from_side = server.source.side  # ours: the media core only updates its state
         else:
             data = self._with_challenges(server, best)
-        self._server_send(server, tu_event_for_status(best_status or 500), data, now, out)
+        self._send_upstream(
+            server, tu_event_for_status(best_status or 500), data, from_side, now, out
+        )
+
+    def _send_upstream(  # noqa: PLR0917
+        self,
+        server: ServerSide,
+        event: Event,
+        data: bytes,
+        from_side: Side,
+        now: float,
+        out: list[Send],
+    ) -> None:
+        """A response on its way to the request's sender, through the media core."""
+
+        def proceed(data: bytes, now: float, out: list[Send]) -> None:
+            self._server_send(server, event, data, now, out)
+
+        def refuse(status: int, reason: str | None, now: float, out: list[Send]) -> None:
+            # the response cannot be anchored: its sender gets `status` instead
+            if server.txn.state in (State.TRYING, State.PROCEEDING):
+                data = build_response(server.request, status, reason, to_tag=server.to_tag)
+                self._server_send(server, tu_event_for_status(status), data, now, out)
+
+        self._cross(
+            data, from_side, server.source.side, server.source.host, now, out, proceed, refuse
+        )
 
     def _with_challenges(self, server: ServerSide, best: SipMessage) -> bytes:
         return with_challenges(best, server.context.challenges())
@@ -551,7 +703,12 @@ class ProxyCore:
         if status >= 300 and log.isEnabledFor(logging.DEBUG):
             with call_context(server.request.call_id):
                 log.debug("answered %d %s to %s", status, reason or "", server.source.host)
-        self._server_send(server, tu_event_for_status(status), data, now, out)
+        if status < 200 or self.media is None:
+            self._server_send(server, tu_event_for_status(status), data, now, out)
+        else:  # our own final still tells the media core the call is over
+            self._send_upstream(
+                server, tu_event_for_status(status), data, server.source.side, now, out
+            )
 
     def _server_send(
         self, server: ServerSide, event: Event, data: bytes, now: float, out: list[Send]
@@ -639,7 +796,9 @@ class ProxyCore:
                 if decision.final is None
                 else self._with_challenges(server, decision.final)
             )
-            self._server_send(server, tu_event_for_status(status), data, now, out)
+            self._send_upstream(
+                server, tu_event_for_status(status), data, server.source.side, now, out
+            )
 
     def _cancel_branch(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
         """§9.1: CANCEL a pending INVITE branch, waiting for a provisional if needed."""

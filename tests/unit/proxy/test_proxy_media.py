@@ -1,0 +1,107 @@
+"""The proxy core with media anchoring on: the in-memory FCP backend plays the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Iterator
+
+import pytest
+from proxy_harness import ALICE, BOB, StaticRouter, config, invite, sent_to
+
+from alg.builders import build_response
+from alg.media.agents import AgentConfig, AgentPool, AgentSettings
+from alg.media.core import MediaConfig, MediaCore
+from alg.media.masking import InsideNetworks
+from alg.media.perform import OwnedBackend, perform
+from alg.media.rewrite import Hiding
+from alg.proxy import ProxyCore
+from alg.proxy_model import Send
+from alg.sip import parse_message
+from fcp.memory_backend import MemoryBackend, MemoryBackendConfig
+from fcp.types import IpVersion, Pool
+
+START = 1_700_000_000.0
+PUBLIC = "198.51.100.10"
+
+
+class Rig:
+    def __init__(self, *, agent_answers: bool = True) -> None:
+        self.now = START
+        pool = Pool("v4", IpVersion.V4, (ipaddress.IPv4Address(PUBLIC),), 20000, 20999)
+        self.backend = MemoryBackend(
+            MemoryBackendConfig(pools=(pool,)), epoch=1, clock=lambda: self.now
+        )
+        media = MediaCore(
+            MediaConfig(Hiding("203.0.113.1", 5060, InsideNetworks.of("10.77.0.0/16")), b"s" * 32),
+            AgentPool((AgentConfig("gw1", 1.0),), AgentSettings(deadline=1.0, attempts=2)),
+        )
+        self.core = ProxyCore(
+            config(inside_networks=("10.77.0.0/16",)), StaticRouter({"bob": [BOB]}), media=media
+        )
+        self.agent_answers = agent_answers
+        self.loop = asyncio.new_event_loop()
+
+    def receive(self, data: bytes, source, at: float = 0.0) -> list[Send]:  # type: ignore[no-untyped-def]
+        self.now = START + at
+        return self.core.receive(data, source, self.now) + self.pump()
+
+    def pump(self) -> list[Send]:
+        """Perform the media core's agent actions (as the shell does) until none are left."""
+        out: list[Send] = []
+        media = self.core.media
+        assert media is not None
+        while actions := media.take_actions():
+            if not self.agent_answers:
+                return out
+            for action in actions:
+                api = OwnedBackend(self.backend, "alg-1")
+                result = self.loop.run_until_complete(perform(action, api))
+                out += self.core.media_result(result, self.now)
+        return out
+
+    def advance(self, to: float) -> list[Send]:
+        out: list[Send] = []
+        while (deadline := self.core.get_timer()) is not None and deadline <= START + to:
+            self.now = deadline
+            out += self.core.handle_timer(deadline) + self.pump()
+        return out
+
+    def bindings(self) -> list[object]:
+        return list(self.loop.run_until_complete(self.backend.list_bindings("alg-1")))
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    built = Rig()
+    yield built
+    built.loop.close()
+
+
+def test_invite_waits_for_its_binding_and_leaves_with_no_inside_address(rig: Rig) -> None:
+    out = rig.receive(invite(), ALICE)
+    assert [m.status for m in sent_to(out, ALICE)] == [100]
+    (forwarded,) = [s for s in out if s.to == BOB]
+    assert b"10.77." not in forwarded.data  # topology hiding: nothing inside leaks
+    sdp = parse_message(forwarded.data).body.decode()
+    assert f"c=IN IP4 {PUBLIC}" in sdp
+    assert len(rig.bindings()) == 1
+
+
+def test_busy_releases_the_binding(rig: Rig) -> None:
+    out = rig.receive(invite(), ALICE)
+    (forwarded,) = [parse_message(s.data) for s in out if s.to == BOB]
+    out = rig.receive(build_response(forwarded, 486, to_tag="b1"), BOB, at=1.0)
+    assert [m.status for m in sent_to(out, ALICE)] == [486]
+    assert rig.bindings() == []
+
+
+def test_no_agent_means_503_and_nothing_forwarded() -> None:
+    rig = Rig(agent_answers=False)
+    try:
+        out = rig.receive(invite(), ALICE)
+        out += rig.advance(60.0)
+        assert [s for s in out if s.to == BOB] == []
+        assert [m.status for m in sent_to(out, ALICE)][-1] == 503
+    finally:
+        rig.loop.close()
