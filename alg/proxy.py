@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from alg.builders import build_ack, build_cancel, build_response, new_tag, stand_in_request
 from alg.call_events import CallEvents
@@ -51,10 +51,9 @@ from alg.forwarding import (
     with_challenges,
 )
 from alg.logsetup import call_context
-from alg.media.actions import AgentResult, Ready, Resolution
-from alg.media.actions import Forward as MediaForward
-from alg.media.actions import Parked as MediaParked
+from alg.media.actions import AgentResult
 from alg.media.core import MediaCore
+from alg.media_gate import MediaGate
 from alg.proxy_model import (
     Answer,
     Endpoint,
@@ -92,9 +91,6 @@ from alg.transactions import (
 
 log = logging.getLogger("sipwall.alg.proxy")
 
-# What to do with a message once the media core lets it go (bytes to send), or refuses it.
-Proceed = Callable[[bytes, float, list[Send]], None]
-Refuse = Callable[[int, str | None, float, list[Send]], None]
 
 # A target answering these (or not at all) gives way to the next one in serial forking.
 _FAILOVER_STATUSES = frozenset({408, 500, 503})
@@ -116,11 +112,11 @@ class ProxyCore:
         self.router = router
         self.limiter = limiter
         self.calls = CallEvents(recorder) if recorder is not None else None
-        # media anchoring (alg.media): messages crossing sides go through it and may wait
-        # for the agent; `_waiting` holds what to do when a parked message is resolved
-        self.media = media
-        self._waiting: dict[int, tuple[Proceed, Refuse]] = {}
         self.stats: Counter[str] = Counter()
+        # media anchoring (alg.media): messages crossing sides go through the gate and
+        # may wait there for the agent
+        self.media = media
+        self._gate = MediaGate(media, self.stats)
         self._servers: dict[ServerKey | LegacyServerKey, ServerSide] = {}
         self._clients: dict[ClientKey, ClientBranch] = {}
         self._timers = TimerHeap()
@@ -138,8 +134,8 @@ class ProxyCore:
 
     def receive(self, data: bytes, source: Endpoint, now: float) -> list[Send]:
         out: list[Send] = []
-        if self.media is not None and source.side == "outside":
-            data = self.media.inbound(data, now)  # restore what topology hiding masked
+        if source.side == "outside":
+            data = self._gate.inbound(data, now)  # restore what topology hiding masked
         try:
             msg = parse_message(data, datagram=source.transport == "UDP")
         except SipParseError as exc:
@@ -159,10 +155,9 @@ class ProxyCore:
 
     def get_timer(self) -> float | None:
         calls = self.calls.get_timer() if self.calls is not None else None
-        if self.media is not None:
-            media = self.media.get_timer()
-            if media is not None:
-                calls = media if calls is None else min(calls, media)
+        media = self._gate.get_timer()
+        if media is not None:
+            calls = media if calls is None else min(calls, media)
         deadline = self._timers.next_deadline()
         if deadline is None or calls is None:
             return calls if deadline is None else deadline
@@ -180,8 +175,7 @@ class ProxyCore:
         out: list[Send] = []
         if self.calls is not None:
             self.calls.expire(now)
-        if self.media is not None:
-            self._resolve_media(self.media.handle_timer(now), now, out)
+        self._gate.timers(now, out)
         for owner in self._timers.due(now):
             if isinstance(owner, ServerSide):
                 self._server_actions(owner, owner.txn.handle_timer(now), out)
@@ -273,52 +267,8 @@ class ProxyCore:
 
     def media_result(self, result: AgentResult, now: float) -> list[Send]:
         """An agent answered one of the media core's actions (the shell performs them)."""
-        out: list[Send] = []
-        if self.media is not None:
-            self._resolve_media(self.media.on_result(result, now), now, out)
-            for record in self.media.take_records():
-                if self.calls is not None:
-                    self.calls.recorder.set_media(record.call_id, record.media)
-        return out
-
-    def _resolve_media(self, resolutions: list[Resolution], now: float, out: list[Send]) -> None:
-        for resolution in resolutions:
-            waiting = self._waiting.pop(resolution.ticket, None)
-            if waiting is None:
-                continue
-            proceed, refuse = waiting
-            if isinstance(resolution, Ready):
-                proceed(resolution.data, now, out)
-            else:
-                refuse(resolution.status, resolution.reason, now, out)
-
-    def _cross(  # noqa: PLR0917
-        self,
-        data: bytes,
-        from_side: Side,
-        to_side: Side,
-        source_host: str,
-        now: float,
-        out: list[Send],
-        proceed: Proceed,
-        refuse: Refuse,
-    ) -> None:
-        """Hand a message to the media core (anchoring, topology hiding) on its way from
-        one side to the other; continue with the bytes it returns, possibly later."""
-        if self.media is None:
-            proceed(data, now, out)
-            return
-        outcome = self.media.crossing(
-            data, from_side=from_side, to_side=to_side, source_host=source_host, now=now
-        )
-        if isinstance(outcome, MediaForward):
-            proceed(outcome.data, now, out)
-        elif isinstance(outcome, MediaParked):
-            self.stats["media.parked"] += 1
-            self._waiting[outcome.ticket] = (proceed, refuse)
-        else:
-            self.stats[f"media.refused.{outcome.status}"] += 1
-            refuse(outcome.status, outcome.reason, now, out)
+        recorder = self.calls.recorder if self.calls is not None else None
+        return self._gate.results(result, now, recorder)
 
     def _route_server(self, server: ServerSide, now: float, out: list[Send]) -> None:
         msg, source = server.request, server.source
@@ -412,7 +362,7 @@ class ProxyCore:
             if not server.context.done and not server.context.pending:
                 self._respond(server, status, now, out, reason=reason)
 
-        self._cross(
+        self._gate.cross(
             data,
             server.source.side,
             target.next_hop.side,
@@ -546,7 +496,9 @@ class ProxyCore:
             if msg.method != "ACK":
                 self._answer_statelessly(msg, source, status, reason, out)
 
-        self._cross(data, source.side, target.next_hop.side, source.host, now, out, proceed, refuse)
+        self._gate.cross(
+            data, source.side, target.next_hop.side, source.host, now, out, proceed, refuse
+        )
 
     # --- responses ------------------------------------------------------------------
 
@@ -678,7 +630,7 @@ class ProxyCore:
                 data = build_response(server.request, status, reason, to_tag=server.to_tag)
                 self._server_send(server, tu_event_for_status(status), data, now, out)
 
-        self._cross(
+        self._gate.cross(
             data, from_side, server.source.side, server.source.host, now, out, proceed, refuse
         )
 
