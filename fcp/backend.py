@@ -23,7 +23,9 @@ Contract for implementations (FCP v1 semantics, ARCHITECTURE §4; MIDCOM RFC 518
   by the same owner returns the first result, without creating anything; the same key
   with a different request raises CONFLICT. `fcp.idempotency.IdempotencyCache` does this.
 * `batch` is atomic: either every operation is applied and the results are returned in
-  order, or none is and the error carries `operation_index`.
+  order, or none is and the error carries `operation_index`. A rule in a batch may name
+  the binding reserved by an earlier operation of it (`RuleRequest.binding_ref`, resolved
+  with `fcp.types.resolve_ref`); `enable_rule` refuses `binding_ref` (`types.standalone`).
 * `epoch` is fixed for the life of the backend and differs from any previous run's (PCP
   §8.5); the server uses it for STALE_EPOCH.
 * `ADMIN_OWNER` ("*", never a valid certificate identity) is the owner the server passes

@@ -10,6 +10,7 @@ because 0 would otherwise be indistinguishable from "latch" (RFC 7362).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Callable, Mapping
@@ -105,11 +106,17 @@ def reason_from_proto(value: int) -> Reason:
 # ---- scalars --------------------------------------------------------------------------
 
 
+# Parsing and printing addresses was a fifth of a bulk install (ipaddress is pure Python);
+# the same few addresses recur in every call, and both directions are pure, so cached.
+_parse_address = functools.lru_cache(maxsize=8192)(ipaddress.ip_address)
+_address_text = functools.lru_cache(maxsize=8192)(str)
+
+
 def address_from_proto(field: str, text: str) -> IPAddress:
     if not text:
         raise malformed(field, "must be set")
     try:
-        address = ipaddress.ip_address(text)
+        address = _parse_address(text)
     except ValueError:
         raise malformed(field, f"{text!r} is not an IP address") from None
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
@@ -241,7 +248,7 @@ def session_from_proto(message: pb.OpenSessionResponse) -> Session:
 
 
 def endpoint_to_proto(endpoint: Endpoint) -> pb.Endpoint:
-    return pb.Endpoint(address=str(endpoint.address), port=endpoint.port)
+    return pb.Endpoint(address=_address_text(endpoint.address), port=endpoint.port)
 
 
 def endpoint_from_proto(field: str, message: pb.Endpoint) -> Endpoint:
@@ -303,7 +310,7 @@ def binding_to_proto(binding: Binding) -> pb.Binding:
         internal=endpoint_to_proto(binding.internal),
         protocol=PROTOCOLS[binding.protocol],
         kind=KINDS[binding.kind],
-        external_address=str(binding.external_address),
+        external_address=_address_text(binding.external_address),
         external_ports=list(binding.external_ports),
         lifetime_seconds=binding.lifetime_seconds,
         expires_at=timestamp_to_proto(binding.expires_at),
@@ -335,13 +342,15 @@ def rule_request_to_proto(request: RuleRequest) -> pb.EnableRuleRequest:
     message = pb.EnableRuleRequest(
         binding_id=request.binding_id,
         direction=DIRECTIONS[request.direction],
-        remote_address=str(request.remote_address),
+        remote_address=_address_text(request.remote_address),
         max_idle_seconds=request.max_idle_seconds or 0,
         lifetime_seconds=request.lifetime_seconds,
         idempotency_key=request.idempotency_key or "",
     )
     if request.remote_port is not None:
         message.remote_port = request.remote_port
+    if request.binding_ref is not None:
+        message.binding_ref = request.binding_ref
     return message
 
 
@@ -356,6 +365,7 @@ def rule_request_from_proto(message: pb.EnableRuleRequest) -> RuleRequest:
         remote_port=message.remote_port if message.HasField("remote_port") else None,
         max_idle_seconds=message.max_idle_seconds or None,
         idempotency_key=_optional_str(message.idempotency_key),
+        binding_ref=message.binding_ref if message.HasField("binding_ref") else None,
     )
 
 
@@ -365,7 +375,7 @@ def rule_to_proto(rule: Rule) -> pb.Rule:
         binding_id=rule.binding_id,
         group_id=rule.group_id,
         direction=DIRECTIONS[rule.direction],
-        remote_address=str(rule.remote_address),
+        remote_address=_address_text(rule.remote_address),
         max_idle_seconds=rule.max_idle_seconds or 0,
         lifetime_seconds=rule.lifetime_seconds,
         expires_at=timestamp_to_proto(rule.expires_at),

@@ -62,6 +62,8 @@ from fcp.types import (
     RuleRequest,
     Session,
     SessionRequest,
+    resolve_ref,
+    standalone,
 )
 
 T = TypeVar("T")
@@ -150,7 +152,7 @@ class MemoryBackend:
 
     async def enable_rule(self, owner: str, request: RuleRequest) -> Rule:
         return self._transaction(
-            lambda s, now: self._once(s, owner, request, now, self._enable_new)
+            lambda s, now: self._once(s, owner, standalone(request), now, self._enable_new)
         )
 
     async def change_lifetime(self, owner: str, request: LifetimeChange) -> LifetimeGrant:
@@ -174,7 +176,8 @@ class MemoryBackend:
             results: list[BatchResult] = []
             for index, operation in enumerate(request.operations):
                 try:
-                    results.append(self._apply_one(state, owner, operation, now))
+                    resolved = resolve_ref(operation, results)
+                    results.append(self._apply_one(state, owner, resolved, now))
                 except FcpError as exc:
                     raise exc.with_operation_index(index) from None
             state.idempotency.remember(owner, request.idempotency_key, fp, tuple(results), now)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from fcp.errors import malformed
 
@@ -247,9 +248,16 @@ class RuleRequest:
     remote_port: int | None = None  # None: latch on the first packet (RFC 7362)
     max_idle_seconds: int | None = None
     idempotency_key: str | None = None
+    # In a batch only, instead of binding_id: index of an earlier BindingRequest of it.
+    binding_ref: int | None = None
 
     def __post_init__(self) -> None:
-        check_id("binding_id", self.binding_id)
+        if self.binding_ref is None:
+            check_id("binding_id", self.binding_id)
+        elif self.binding_id:
+            raise malformed("binding_ref", "give binding_id or binding_ref, not both")
+        elif self.binding_ref < 0:
+            raise malformed("binding_ref", "must not be negative")
         check_lifetime("lifetime_seconds", self.lifetime_seconds, allow_zero=False)
         if self.remote_port is not None:
             check_port("remote_port", self.remote_port)
@@ -350,7 +358,32 @@ class BatchRequest:
                     f"operations[{index}].idempotency_key",
                     "must be empty inside a batch (the batch key covers it)",
                 )
+            ref = getattr(operation, "binding_ref", None)
+            if ref is not None and not (
+                ref < index and isinstance(self.operations[ref], BindingRequest)
+            ):
+                raise malformed(
+                    f"operations[{index}].binding_ref",
+                    "must be the index of an earlier reserve_binding operation",
+                )
         _check_key("idempotency_key", self.idempotency_key)
+
+
+def standalone(request: RuleRequest) -> RuleRequest:
+    """An EnableRule outside a batch: `binding_ref` means nothing there."""
+    if request.binding_ref is not None:
+        raise malformed("binding_ref", "only inside a Batch (use binding_id)")
+    return request
+
+
+def resolve_ref(operation: BatchOperation, results: Sequence[object]) -> BatchOperation:
+    """`operation` with its `binding_ref` replaced by the id of the binding that the
+    referenced earlier operation reserved (`results`: the batch's results so far)."""
+    if not isinstance(operation, RuleRequest) or operation.binding_ref is None:
+        return operation
+    binding = results[operation.binding_ref]
+    assert isinstance(binding, Binding), "BatchRequest checked the reference"
+    return replace(operation, binding_id=binding.binding_id, binding_ref=None)
 
 
 @dataclass(frozen=True)

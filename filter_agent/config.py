@@ -15,6 +15,10 @@ paths are relative to the directory of the configuration file.
                         seconds; a deleted table is rebuilt at the next poll. Default 0.25.
     idempotency_ttl     how long a request's idempotency key is remembered, seconds.
                         Default 600.
+    latch               learn a port-unknown rule's remote port from the remote's first
+                        packet (NFQUEUE, RFC 7362 latching); when false, or when the kernel
+                        can queue neither way, such rules stay address-only. Default true.
+    latch_queue         the NFQUEUE number used for latching (0..65535). Default 5189.
 
     [tls]               mutual TLS (required unless clients.insecure_identity is set)
     ca                  PEM CA that signs the ALG/ctl client certificates
@@ -63,6 +67,8 @@ _SECTIONS = {
         "observe_interval",
         "table_poll_interval",
         "idempotency_ttl",
+        "latch",
+        "latch_queue",
     },
     "tls": {"ca", "cert", "key"},
     "clients": {"allowed", "admin", "insecure_identity"},
@@ -119,6 +125,8 @@ class AgentConfig:
     observe_interval: float = 1.0
     table_poll_interval: float = 0.25
     idempotency_ttl: float = 600.0
+    latch: bool = True
+    latch_queue: int = 5189
 
 
 # ---- typed getters: every error names its key ------------------------------------------
@@ -168,6 +176,13 @@ def _int(
         raise ConfigError(f"{where}.{key}", "must be an integer")
     if not lo <= value <= hi:
         raise ConfigError(f"{where}.{key}", f"must be within {lo}..{hi}")
+    return value
+
+
+def _bool(section: Mapping[str, Any], where: str, key: str, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}", "must be true or false")
     return value
 
 
@@ -264,6 +279,8 @@ def parse(doc: Mapping[str, Any], base: Path) -> AgentConfig:
     level = _str(agent, "agent", "log_level", "INFO").upper()
     if level not in LOG_LEVELS:
         raise ConfigError("agent.log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    latch_queue = _int(agent, "agent", "latch_queue", 5189, lo=0, hi=65535)
+    assert latch_queue is not None  # default given
     rules = _int(quotas, "quotas", "rules_per_binding", 32, lo=1, hi=1024)
     max_block = _int(quotas, "quotas", "max_block", 64, lo=1, hi=4096)
     assert rules is not None and max_block is not None  # defaults given
@@ -292,6 +309,8 @@ def parse(doc: Mapping[str, Any], base: Path) -> AgentConfig:
         observe_interval=_number(agent, "agent", "observe_interval", 1.0, minimum=0.05),
         table_poll_interval=_number(agent, "agent", "table_poll_interval", 0.25, minimum=0.05),
         idempotency_ttl=_number(agent, "agent", "idempotency_ttl", 600.0, minimum=1.0),
+        latch=_bool(agent, "agent", "latch", True),
+        latch_queue=latch_queue,
     )
 
 

@@ -34,11 +34,11 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from filter_agent import ops
+from filter_agent import counting, ops
 from filter_agent.allocator import Allocation, Allocator
 from filter_agent.driver import NftDriver
 from filter_agent.errors import AgentError, DriverError, Reason, malformed, not_found
@@ -55,6 +55,7 @@ from filter_agent.model import (
 )
 from filter_agent.plan import (
     Change,
+    Element,
     KeyPart,
     TableSpec,
     binding_elements,
@@ -161,6 +162,9 @@ class Engine:
         self._idem: dict[tuple[str, str], tuple[ops.Op, Result]] = {}
         self._element_rule: dict[tuple[str, tuple[KeyPart, ...]], str] = {}
         self._counters: dict[str, Counters] = {}
+        self._nonzero: set[str] = set()  # rules whose counters are not zero (counting.py)
+        self._fresh: set[str] = set()  # rules not observed yet (counting.py)
+        self._idle: set[str] = set()  # rules with an idle timeout (may hold stale ids)
 
     # -- table ----------------------------------------------------------------------------
 
@@ -241,13 +245,7 @@ class Engine:
 
     def next_timer(self) -> float | None:
         """When `expire` next has something to do (aioquic's get_timer)."""
-        times = [b.expires_at for b in self._bindings.values()]
-        times += [r.expires_at for r in self._rules.values()]
-        for r in self._rules.values():
-            if r.max_idle is not None:
-                seen = self._counters.get(r.id, Counters()).last_seen
-                times.append((seen if seen is not None else r.expires_at) + r.max_idle)
-        return min(times) if times else None
+        return counting.next_deadline(self._bindings, self._rules, self._counters, self._idle)
 
     def live_rules(self) -> list[tuple[Rule, Binding]]:
         return [(r, self._bindings[r.binding_id]) for r in self._rules.values()]
@@ -299,7 +297,9 @@ class Engine:
         txn = _Txn()
         results: list[Result] = []
         try:
-            results.extend(self._dispatch(owner, request, now, txn) for request in requests)
+            for request in requests:
+                resolved = ops.resolve_ref(request, requests, results)
+                results.append(self._dispatch(owner, resolved, now, txn))
             if txn.change:
                 self.driver.apply(plan_change(self.spec, txn.change, now))
         except DriverError:
@@ -337,23 +337,19 @@ class Engine:
         self._commit(txn)
         return events
 
-    def observe(self, now: float) -> None:
-        """Fetch kernel counters; a rule whose packet count grew was last seen at `now`."""
-        totals: dict[str, tuple[int, int]] = {}
-        for e in self.driver.elements():
-            rid = self._element_rule.get(e.identity())
-            if rid is None or e.packets is None:
-                continue
-            packets, nbytes = totals.get(rid, (0, 0))
-            totals[rid] = (packets + e.packets, nbytes + (e.bytes or 0))
-        for rid in self._rules:
-            packets, nbytes = totals.get(rid, (0, 0))
-            old = self._counters.get(rid)
-            if old is None:
-                created = self._rules[rid]
-                old = Counters(0, 0, now if created.max_idle is not None else None)
-            seen = now if packets > old.packets else old.last_seen
-            self._counters[rid] = Counters(packets, nbytes, seen)
+    def observe(self, now: float) -> list[str]:
+        """Fetch kernel counters; a rule whose packet count grew was last seen at `now`.
+        Returns the ids of the rules whose counters changed (or were seen the first time)."""
+        return self.apply_totals(self.rule_totals(self.driver.elements()), now)
+
+    def rule_totals(self, elements: Iterable[Element]) -> dict[str, tuple[int, int]]:
+        """Packets and bytes per rule, summed over its counted elements (counting.py)."""
+        return counting.rule_totals(self._element_rule, elements)
+
+    def apply_totals(self, totals: Mapping[str, tuple[int, int]], now: float) -> list[str]:
+        return counting.apply_totals(
+            self._rules, self._counters, totals, now, nonzero=self._nonzero, fresh=self._fresh
+        )
 
     # -- op handlers ----------------------------------------------------------------------
 
@@ -566,6 +562,10 @@ class Engine:
         old = self._rules.get(rule.id)
         self._rules[rule.id] = rule
         self._rules_of[rule.binding_id].add(rule.id)
+        if rule.id not in self._counters:
+            self._fresh.add(rule.id)
+        if rule.max_idle is not None:
+            self._idle.add(rule.id)
         binding = self._bindings[rule.binding_id]
         for e in rule_elements(rule, binding):
             self._element_rule[e.identity()] = rule.id

@@ -188,20 +188,21 @@ class Latcher:
         source: PacketSource,
         clock: Callable[[], float],
         history: int = 1024,
+        on_latch: Callable[[Sequence[Rule]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.source = source
         self.clock = clock
+        self.on_latch = on_latch  # e.g. persist the learnt ports; runs before the verdict
         self.history: collections.deque[LatchEvent] = collections.deque(maxlen=history)
 
     def handle(self, packet: QueuedPacket, now: float) -> LatchEvent:
         decision = decide(packet.flow, self.engine.live_rules())
         accept = decision.accept if not decision.learn else decision.exact
-        latched = []
+        latched: list[Rule] = []
         for rule_id, port in decision.learn:
             try:
-                self.engine.latch(rule_id, port, now)
-                latched.append(rule_id)
+                latched.append(self.engine.latch(rule_id, port, now))
                 accept = True
             except DriverError as exc:
                 # Still within the address-only pinhole; the next packet retries.
@@ -209,8 +210,13 @@ class Latcher:
                 accept = True
             except AgentError as exc:  # e.g. another rule already owns that exact pinhole
                 log.info("latch of %s to %d refused: %s", rule_id, port, exc)
+        if latched and self.on_latch is not None:
+            try:
+                self.on_latch(latched)
+            except Exception:  # the packet must get its verdict whatever happens
+                log.exception("after-latch hook failed for %s", [r.id for r in latched])
         self.source.verdict(packet.id, accept)
-        event = LatchEvent(now, packet, decision, accept, tuple(latched))
+        event = LatchEvent(now, packet, decision, accept, tuple(r.id for r in latched))
         self.history.append(event)
         return event
 
@@ -256,6 +262,13 @@ class NfqueueReader:
             readable, _, _ = select.select([self.fileno()], [], [], max(timeout, 0.0))
             if readable:
                 self._queue.run(block=False)
+        ready, self._ready = self._ready, []
+        return ready
+
+    def read_ready(self) -> list[QueuedPacket]:
+        """Never blocks: whatever the socket holds now (for an event loop's reader
+        callback; `run(block=False)` reads with MSG_DONTWAIT until EAGAIN)."""
+        self._queue.run(block=False)
         ready, self._ready = self._ready, []
         return ready
 

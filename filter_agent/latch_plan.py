@@ -128,7 +128,8 @@ NLMSG_ERROR = 0x2
 NLA_F_NESTED = 0x8000
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_NEWTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_DELRULE = 0, 3, 6, 8
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
+NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_DELRULE = 3, 6, 8
 NFTA_TABLE_NAME = 1
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME = 1, 3
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS = 1, 2, 4
@@ -239,6 +240,20 @@ def xt_nfqueue_install_batch(spec: TableSpec, latch: LatchSpec, seq: int = 1) ->
         family,
         seq,
         commit=True,
+    )
+
+
+def table_query(spec: TableSpec, seq: int = 1) -> bytes:
+    """NFT_MSG_GETTABLE for our table alone: answered with the table's attributes (no
+    chains, sets or elements) or ENOENT. `list tables` through libnftables instead fills
+    its whole cache, every element included: 30 ms per call at 8,000 elements, 0.5 s at
+    80,000 (measured) -- far too slow to poll on the agent's loop."""
+    return _msg(
+        _nft(NFT_MSG_GETTABLE),
+        NLM_F_REQUEST,
+        seq,
+        _FAMILY[spec.family],
+        _nla(NFTA_TABLE_NAME, _str(spec.name)),
     )
 
 

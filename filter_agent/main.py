@@ -63,8 +63,12 @@ def settings_of(config: AgentConfig) -> ServiceSettings:
 async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set; see the module docstring for what stopping keeps."""
     from fcp.server import FcpServer, ServerConfig, ServerTls
+    from filter_agent.counter_worker import CounterProcess
     from filter_agent.drivers.libnftables import LibNftablesDriver
-    from filter_agent.kernel_io import ConntrackFlush, TableProbe, element_reader
+    from filter_agent.kernel_io import ConntrackFlush, TableProbe
+    from filter_agent.latch_plan import LatchSpec, QueuePath
+    from filter_agent.latching import AgentLatching, LatchSettings, choose
+    from filter_agent.plan import TableSpec
     from filter_agent.recovery import read_boot_id
     from filter_agent.service import AgentService
     from filter_agent.store import open_store
@@ -72,7 +76,10 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     tls = None
     if config.tls is not None:
         tls = ServerTls.from_files(config.tls.cert, config.tls.key, config.tls.ca)
+    # Before the table is set up: the probe decides whether it gets the latch chain.
+    path, spec = choose(LatchSettings(config.latch, config.latch_queue), TableSpec())
     store, loaded, lost = open_store(config.state_db)
+    counters = CounterProcess(spec)
     service = AgentService.open(
         settings_of(config),
         LibNftablesDriver(),
@@ -81,9 +88,21 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         lost,
         boot_id=read_boot_id(),
         flusher=ConntrackFlush(),
-        reader=element_reader(),
-        table_probe=TableProbe(),
+        spec=spec,
+        reader=counters.read,
+        table_probe=TableProbe(spec),
     )
+    if path is not QueuePath.NONE:
+        # After recovery (which set the table up or rebuilt it): write the queue verdict.
+        latching = AgentLatching(
+            service.engine, store, LatchSpec(config.latch_queue), path, service.clock
+        )
+        try:
+            latching.install()
+        except BaseException:
+            store.close()
+            raise
+        service.latching = latching
     server = FcpServer(
         service,
         ServerConfig(
@@ -95,6 +114,8 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         ),
     )
     try:
+        service.heap.install()  # after recovery: keep full GC passes off the request path
+        await counters.start()
         await service.start()
         await server.start()
         log.info(
@@ -111,6 +132,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     finally:
         await server.stop()
         await service.close()
+        await counters.close()
         log.info("agent stopped; nftables state left in place")
 
 

@@ -12,6 +12,7 @@ never reads a clock.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ class Direction(enum.StrEnum):
         return self is not Direction.INBOUND
 
 
+@functools.lru_cache(maxsize=8192)  # pure, and the same addresses recur in every call
 def check_ipv4(addr: str, what: str) -> str:
     """Canonical text of an IPv4 address, or MALFORMED. (IPv6 is a later step.)"""
     try:

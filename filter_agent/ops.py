@@ -7,9 +7,11 @@ an equal request, otherwise it is a CONFLICT (PCP RFC 6887 §11.2 nonce semantic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
-from filter_agent.model import BindingKind, Direction, Protocol
+from filter_agent.errors import malformed
+from filter_agent.model import Binding, BindingKind, Direction, Protocol
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class EnableRule:
     lifetime: float = 3600.0
     max_idle: float | None = None
     idempotency_key: str | None = None
+    binding_ref: int | None = None  # in a batch: the earlier op whose binding this opens
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,16 @@ class ChangeGroupLifetime:
 
 
 Op = ReserveBinding | EnableRule | ChangeLifetime | ChangeGroupLifetime
+
+
+def resolve_ref(request: Op, requests: Sequence[Op], results: Sequence[object]) -> Op:
+    """An EnableRule naming an earlier ReserveBinding of its batch by index (`binding_ref`)
+    gets that binding's id; `results` are the batch's results so far."""
+    if not isinstance(request, EnableRule) or request.binding_ref is None:
+        return request
+    index = request.binding_ref
+    ref = results[index] if 0 <= index < len(results) else None
+    if ref is None or not isinstance(requests[index], ReserveBinding):
+        raise malformed("binding_ref must name an earlier reservation of the batch")
+    assert isinstance(ref, Binding)
+    return replace(request, binding_id=ref.id, binding_ref=None)

@@ -8,9 +8,12 @@ lookup, engine batch (one libnftables transaction), one SQLite transaction, answ
 awaits in between, so RPCs are serialized without a lock and the engine, the kernel and
 the store never disagree at an await point. Measured on the lab machine a reservation is
 a few hundred microseconds of libnftables plus ~100 µs of SQLite, so running them on the
-loop costs less than an executor hop would; the one slow call — dumping every element
-with its counters (`observe`) — runs in a worker thread on its own libnftables context
-and hands the dump to the engine on the loop.
+loop costs less than an executor hop would. The slow kernel reads never run on the loop:
+the counter dump (`observe`) is made by a child process that returns only the elements
+with traffic (filter_agent/counter_worker.py), and the table watch asks the kernel for
+our table alone over nfnetlink (kernel_io.TableProbe), not through libnftables, whose
+cache would hold every element. Latching (latching.py) handles queued packets on the
+loop the same way as RPCs: synchronously, start to finish.
 
 Timers (aioquic style): `Engine.next_timer()` says when `expire` has work; a background
 task sleeps until then (or until the next counter poll), and a mutation that creates an
@@ -30,14 +33,12 @@ TTL; they are persisted so a retry across an agent restart still replays.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ipaddress
 import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from fcp import convert
 from fcp import types as f
@@ -46,24 +47,25 @@ from fcp.errors import FcpError, Reason, not_found
 from fcp.idempotency import IdempotencyCache
 from fcp.v1 import fcp_pb2 as pb
 from filter_agent import model as m
-from filter_agent import ops, snapshot
+from filter_agent import mutations, ops, snapshot
 from filter_agent.driver import NftDriver
 from filter_agent.engine import ConntrackFlusher, Engine
 from filter_agent.engine import Event as EngineEvent
 from filter_agent.engine import EventKind as EngineEventKind
 from filter_agent.errors import AgentError, DriverError
+from filter_agent.events import EventHub
+from filter_agent.heap import HeapPolicy
+from filter_agent.latching import AgentLatching
 from filter_agent.plan import Element, TableSpec
 from filter_agent.queries import Queries
 from filter_agent.recovery import Recovery, recover
-from filter_agent.snapshot import QuarantinedPort
 from filter_agent.store import IdempotencyRecord, Loaded, Store, StoreTxn
-from filter_agent.translate import QUALIFIER, View, agent_error, enable_op, fingerprint, reserve_op
-from filter_agent.wiring import DryRun, DryRunDriver, PrefetchDriver, ServiceSettings, build_engine
+from filter_agent.translate import View, agent_error, fingerprint
+from filter_agent.wiring import ServiceSettings, build_engine
 
 log = logging.getLogger("sipwall.agent.service")
 
 Results = tuple[f.BatchResult, ...]
-WATCH_QUEUE = 10_000  # events buffered per watcher before it is cut off
 
 
 class AgentService:
@@ -82,7 +84,7 @@ class AgentService:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
-        reader: Callable[[], tuple[Element, ...]] | None = None,
+        reader: Callable[[], Awaitable[Iterable[Element]]] | None = None,
         table_probe: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
@@ -108,15 +110,14 @@ class AgentService:
                 record.expires_at - settings.idempotency_ttl,
             )
         self._incarnations: dict[str, str] = {}
-        self._watchers: list[tuple[str, asyncio.Queue[f.Event | None]]] = []
-        self._sequence = 0
+        self.events = EventHub(self._epoch, wall)
+        self.latching: AgentLatching | None = None  # set by main when the kernel can queue
         self._draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
         self._scheduled = math.inf
-        self._persisted: dict[str, m.Counters] = {}
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "sipwall-observe")
         self.rebuilds = 0  # times the table was rebuilt after vanishing
+        self.heap = HeapPolicy()  # main installs it in the agent process (heap.py)
 
     @classmethod
     def open(
@@ -133,7 +134,7 @@ class AgentService:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
-        reader: Callable[[], tuple[Element, ...]] | None = None,
+        reader: Callable[[], Awaitable[Iterable[Element]]] | None = None,
         table_probe: Callable[[], bool] | None = None,
     ) -> AgentService:
         """Recover from the store and the kernel (see `filter_agent.recovery`)."""
@@ -168,15 +169,19 @@ class AgentService:
             asyncio.create_task(self._timer_loop(), name="sipwall-timers"),
             asyncio.create_task(self._table_loop(), name="sipwall-table-watch"),
         ]
+        if self.latching is not None:
+            self.latching.start(asyncio.get_running_loop())
 
     async def drain(self) -> None:
         """Refuse new reservations and tell every watcher (AGENT_DRAINING)."""
         self._draining = True
-        self._publish(None, f.EventKind.AGENT_DRAINING, message="agent is shutting down")
+        self.events.publish(None, f.EventKind.AGENT_DRAINING, message="agent is shutting down")
 
     async def close(self) -> None:
         """Stop timers and event streams. Kernel state is left as it is: media keeps
         flowing and the next agent start picks the state up again."""
+        if self.latching is not None:
+            self.latching.close()  # undecided packets are accepted (address-only)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -185,12 +190,14 @@ class AgentService:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        for _, queue in self._watchers:
-            queue.put_nowait(None)
-        self._executor.shutdown(wait=True)
+        self.events.close()
         self.store.close()
 
     # ---- FirewallBackend: sessions and events --------------------------------------------
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
 
     @property
     def epoch(self) -> int:
@@ -233,38 +240,8 @@ class AgentService:
         request = f.GroupLifetimeChange(group, 0)
         self._mutate(owner, None, request, lambda now: self._apply(owner, [request], now))
 
-    async def watch_events(self, owner: str) -> AsyncIterator[f.Event]:
-        queue: asyncio.Queue[f.Event | None] = asyncio.Queue(WATCH_QUEUE)
-        entry = (owner, queue)
-        self._watchers.append(entry)
-        try:
-            yield self._event(f.EventKind.WATCH_STARTED)
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            if entry in self._watchers:
-                self._watchers.remove(entry)
-
-    def _event(self, kind: f.EventKind, **fields: object) -> f.Event:
-        self._sequence += 1
-        return f.Event(self._sequence, kind, self._wall(), self._epoch, **fields)  # type: ignore[arg-type]
-
-    def _publish(self, owner: str | None, kind: f.EventKind, **fields: object) -> None:
-        """To the owner's watchers and the admins'; owner None: to everyone."""
-        event = self._event(kind, **fields)
-        for entry in list(self._watchers):
-            watcher, queue = entry
-            if owner is not None and watcher not in (owner, ADMIN_OWNER):
-                continue
-            try:
-                queue.put_nowait(event)
-            except asyncio.QueueFull:
-                # A consumer this slow has lost track anyway: end its stream; it re-lists.
-                log.warning("event watcher of %s is too slow; closing its stream", watcher)
-                self._watchers.remove(entry)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(None)
+    def watch_events(self, owner: str) -> AsyncIterator[f.Event]:
+        return self.events.watch(owner)
 
     # ---- FirewallBackend: mutations -------------------------------------------------------
 
@@ -274,7 +251,7 @@ class AgentService:
         return result
 
     async def enable_rule(self, owner: str, request: f.RuleRequest) -> f.Rule:
-        result = self._mutate_one(owner, request)
+        result = self._mutate_one(owner, f.standalone(request))
         assert isinstance(result, f.Rule)
         return result
 
@@ -303,7 +280,7 @@ class AgentService:
     def _mutate_one(self, owner: str, request: f.BatchOperation) -> f.BatchResult:
         self._refuse_admin_create(owner, (request,))
         if owner == ADMIN_OWNER:
-            actual, request = self._admin_target(request)
+            actual, request = mutations.admin_target(self.engine, request)
             results = self._mutate(
                 owner,
                 request.idempotency_key,
@@ -324,24 +301,6 @@ class AgentService:
             isinstance(op, f.BindingRequest | f.RuleRequest) for op in operations
         ):
             raise FcpError(Reason.NOT_AUTHORIZED, "admin identities do not create objects")
-
-    def _admin_target(self, request: f.BatchOperation) -> tuple[str, f.BatchOperation]:
-        """Which owner an admin request acts on, and the request in that owner's terms."""
-        if isinstance(request, f.GroupLifetimeChange):
-            owner, sep, group = request.group_id.partition(QUALIFIER)
-            if not sep or not group:
-                raise not_found("group", request.group_id)
-            return owner, replace(request, group_id=group)
-        if isinstance(request, f.LifetimeChange):
-            found: m.Binding | m.Rule | None = (
-                snapshot.find_rule(self.engine, request.target_id)
-                if request.target is f.LifetimeTarget.RULE
-                else snapshot.find_binding(self.engine, request.target_id)
-            )
-            if found is None:
-                raise not_found(request.target.value, request.target_id)
-            return found.owner, request
-        raise FcpError(Reason.NOT_AUTHORIZED, "admin identities do not create objects")
 
     def _mutate(
         self,
@@ -383,7 +342,17 @@ class AgentService:
         group_sizes: list[tuple[int, int]] = []
         for index, request in enumerate(requests):
             try:
-                eops.append(self._engine_op(owner, request, before, group_sizes))
+                eops.append(
+                    mutations.engine_op(
+                        engine,
+                        owner,
+                        request,
+                        before,
+                        group_sizes,
+                        pool=self.settings.pool_name,
+                        draining=self._draining,
+                    )
+                )
             except FcpError as exc:
                 raise (exc.with_operation_index(index) if len(requests) > 1 else exc) from None
         try:
@@ -391,7 +360,7 @@ class AgentService:
         except AgentError as exc:
             error = agent_error(exc)
             if len(requests) > 1 and not isinstance(exc, DriverError):
-                failing = self._failing_index(owner, eops, now)
+                failing = mutations.failing_index(engine, owner, eops, now)
                 if failing is not None:
                     error = error.with_operation_index(failing)
             raise error from None
@@ -423,116 +392,17 @@ class AgentService:
                 )
         self._wake_if_earlier(raw)
         if by_admin:
-            self._announce_admin_removals(owner, before)
-        return tuple(results), lambda txn: self._persist(txn, before, now)
-
-    def _engine_op(
-        self,
-        owner: str,
-        request: f.BatchOperation,
-        before: dict[str, m.Binding | m.Rule | None],
-        group_sizes: list[tuple[int, int]],
-    ) -> ops.Op:
-        """The engine op for an FCP request; notes which objects it may change."""
-        engine = self.engine
-        if isinstance(request, f.BindingRequest):
-            if self._draining:
-                raise FcpError(Reason.NETWORK_FAILURE, "agent is draining", retry_after=1.0)
-            return reserve_op(request, self.settings.pool_name)
-        if isinstance(request, f.RuleRequest):
-            if self._draining:
-                raise FcpError(Reason.NETWORK_FAILURE, "agent is draining", retry_after=1.0)
-            return enable_op(request)
-        if isinstance(request, f.LifetimeChange):
-            prefix = "r" if request.target is f.LifetimeTarget.RULE else "b"
-            if not request.target_id.startswith(prefix):
-                raise not_found(request.target.value, request.target_id)
-            found = (
-                snapshot.find_rule(engine, request.target_id)
-                if prefix == "r"
-                else snapshot.find_binding(engine, request.target_id)
-            )
-            if found is not None and found.owner == owner:
-                before[found.id] = found
-                if isinstance(found, m.Binding):
-                    for r in snapshot.rules_of(engine, found.id):
-                        before[r.id] = r
-            return ops.ChangeLifetime(request.target_id, float(request.lifetime_seconds))
-        members = engine.list_bindings(owner, request.group_id)
-        nrules = 0
-        for b in members:
-            before[b.id] = b
-            for r in snapshot.rules_of(engine, b.id):
-                before[r.id] = r
-                nrules += 1
-        group_sizes.append((len(members), nrules))
-        return ops.ChangeGroupLifetime(request.group_id, float(request.lifetime_seconds))
-
-    def _failing_index(self, owner: str, eops: list[ops.Op], now: float) -> int | None:
-        """Which op of a failed batch fails: replay growing prefixes against a driver that
-        refuses everything (the engine rolls back every time). Error path only."""
-        engine = self.engine
-        real, engine.driver = engine.driver, DryRunDriver()
-        try:
-            for i in range(1, len(eops) + 1):
-                try:
-                    engine.batch(owner, eops[:i], now)
-                except DryRun:
-                    continue
-                except AgentError:
-                    return i - 1
-            return None
-        finally:
-            engine.driver = real
-
-    def _persist(
-        self, txn: StoreTxn, before: dict[str, m.Binding | m.Rule | None], now: float
-    ) -> None:
-        """Write what a call changed: every touched id either exists now or is gone."""
-        put_b, put_r, del_b, del_r = [], [], [], []
-        freed: list[QuarantinedPort] = []
+            for old in mutations.removed(engine, before):
+                self.events.publish(
+                    owner,
+                    f.EventKind.REMOVED_BY_ADMIN,
+                    group_id=old.group,
+                    binding_id=old.id if isinstance(old, m.Binding) else old.binding_id,
+                    rule_id=old.id if isinstance(old, m.Rule) else None,
+                    message="removed by an operator",
+                )
         deadline = now + self.settings.quarantine
-        for oid, old in before.items():
-            b = snapshot.find_binding(self.engine, oid)
-            if b is not None:
-                put_b.append(b)
-                continue
-            r = snapshot.find_rule(self.engine, oid)
-            if r is not None:
-                put_r.append(r)
-            elif oid.startswith("b"):
-                del_b.append(oid)
-                if isinstance(old, m.Binding):
-                    freed.extend(
-                        QuarantinedPort(deadline, old.external_addr, old.protocol, port)
-                        for port in old.external_ports
-                    )
-            else:
-                del_r.append(oid)
-        for oid in del_r:
-            self._persisted.pop(oid, None)
-        txn.put_bindings(put_b)
-        txn.put_rules(put_r)
-        txn.delete_rules(del_r)
-        txn.delete_bindings(del_b)
-        txn.quarantine(freed)
-
-    def _announce_admin_removals(
-        self, owner: str, before: dict[str, m.Binding | m.Rule | None]
-    ) -> None:
-        for oid, old in before.items():
-            if old is None or snapshot.find_binding(self.engine, oid):
-                continue
-            if snapshot.find_rule(self.engine, oid):
-                continue
-            self._publish(
-                owner,
-                f.EventKind.REMOVED_BY_ADMIN,
-                group_id=old.group,
-                binding_id=old.id if isinstance(old, m.Binding) else old.binding_id,
-                rule_id=old.id if isinstance(old, m.Rule) else None,
-                message="removed by an operator",
-            )
+        return tuple(results), lambda txn: mutations.persist(engine, txn, before, deadline)
 
     # ---- FirewallBackend: queries ---------------------------------------------------------
 
@@ -582,8 +452,8 @@ class AgentService:
 
     async def _timer_loop(self) -> None:
         next_observe = self._clock()
+        due = self.engine.next_timer()  # O(objects): computed once per round
         while True:
-            due = self.engine.next_timer()
             wake = min(next_observe, math.inf if due is None else due)
             self._scheduled = wake
             delay = max(0.0, wake - self._clock())
@@ -604,35 +474,32 @@ class AgentService:
                 due = self.engine.next_timer()
                 if due is not None and due <= self._clock():
                     self.expire_now()
+                    due = self.engine.next_timer()
             except (AgentError, OSError):
                 log.exception("timer work failed; retrying in a second")
                 await asyncio.sleep(1.0)
+                due = self.engine.next_timer()
 
     async def _observe(self) -> None:
-        """Kernel counters -> engine (last-seen, idle), changed ones -> store."""
-        prefetched: tuple[Element, ...] | None = None
+        """Kernel counters -> engine (last-seen, idle), changed ones -> store. The dump is
+        made elsewhere (`counter_worker`: a child process) and holds only the elements
+        with traffic, so the loop's share is small."""
+        totals = None
         if self._reader is not None:
-            loop = asyncio.get_running_loop()
-            prefetched = await loop.run_in_executor(self._executor, self._reader)
-        self.observe_now(prefetched)
+            totals = self.engine.rule_totals(await self._reader())
+        self.observe_now(totals)
 
-    def observe_now(self, prefetched: tuple[Element, ...] | None = None) -> None:
-        driver = self.engine.driver
-        assert isinstance(driver, PrefetchDriver)
-        driver.prefetched = prefetched
-        try:
-            self.engine.observe(self._clock())
-        finally:
-            driver.prefetched = None
-        changed = []
-        for r in snapshot.all_rules(self.engine):
-            c = snapshot.rule_counters(self.engine, r.id)
-            if self._persisted.get(r.id) != c:
-                changed.append((r.id, c))
-                self._persisted[r.id] = c
+    def observe_now(self, totals: dict[str, tuple[int, int]] | None = None) -> None:
+        now = self._clock()
+        if totals is None:
+            changed = self.engine.observe(now)
+        else:
+            changed = self.engine.apply_totals(totals, now)
         if changed:
             with self.store.transaction() as txn:
-                txn.put_counters(changed)
+                txn.put_counters(
+                    [(rid, snapshot.rule_counters(self.engine, rid)) for rid in changed]
+                )
 
     def expire_now(self) -> list[EngineEvent]:
         """Close what timed out or idled out; persist; tell the owners."""
@@ -653,14 +520,13 @@ class AgentService:
                 for r in by_binding.get(obj.id, []):
                     before[r.id] = r
         with self.store.transaction() as txn:
-            self._persist(txn, before, now)
+            mutations.persist(self.engine, txn, before, now + self.settings.quarantine)
             txn.prune(now)
         self._idem.expire(now)
         for event in events:
-            self._persisted.pop(event.object_id, None)
             rule = rules.get(event.object_id)
             kind = f.EventKind.IDLE if event.kind is EngineEventKind.IDLE else f.EventKind.EXPIRED
-            self._publish(
+            self.events.publish(
                 event.owner,
                 kind,
                 group_id=event.group,
@@ -672,6 +538,7 @@ class AgentService:
     async def _table_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.table_poll_interval)
+            self.heap.tick(self._clock())
             try:
                 self.check_table()
             except (AgentError, OSError):
@@ -685,7 +552,8 @@ class AgentService:
         if not self.engine.reconcile(self._clock()):
             return False
         self.rebuilds += 1
-        self._persisted.clear()  # kernel counters restarted from zero
+        if self.latching is not None:
+            self.latching.reinstall()  # the rebuilt latch_queue is empty (address-only)
         log.warning(
             "nftables table %s %s was deleted behind our back; rebuilt with %d objects",
             self.engine.spec.family,

@@ -138,11 +138,17 @@ def restore(engine: Engine, state: EngineState) -> None:
             continue
         engine._rules[r.id] = r
         engine._rules_of[r.binding_id].add(r.id)
+        if r.max_idle is not None:
+            engine._idle.add(r.id)
         for element in rule_elements(r, binding):
             engine._element_rule[element.identity()] = r.id
         counters = state.counters.get(r.id)
         if counters is not None:
             engine._counters[r.id] = counters
+            if counters.packets or counters.bytes:
+                engine._nonzero.add(r.id)
+        else:
+            engine._fresh.add(r.id)
     ids = [b.id for b in state.bindings] + [r.id for r in state.rules]
     highest = max((id_number(i) for i in ids), default=0)
     engine._ids = itertools.count(max(state.next_id, highest + 1))

@@ -8,6 +8,7 @@ when converting, so a stepped wall clock only moves what is displayed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -61,10 +62,10 @@ class View:
         return f.Binding(
             binding_id=b.id,
             group_id=self.group_id(b.owner, b.group),
-            internal=f.Endpoint(ipaddress.IPv4Address(b.internal_addr), b.internal_port),
+            internal=f.Endpoint(_v4(b.internal_addr), b.internal_port),
             protocol=f.TransportProtocol(b.protocol.value),
             kind=f.BindingKind(b.kind.value),
-            external_address=ipaddress.IPv4Address(b.external_addr),
+            external_address=_v4(b.external_addr),
             external_ports=b.external_ports,
             lifetime_seconds=self.remaining(b.expires_at),
             expires_at=self.wall(b.expires_at),
@@ -78,7 +79,7 @@ class View:
             binding_id=r.binding_id,
             group_id=self.group_id(r.owner, r.group),
             direction=FCP_DIRECTIONS[r.direction],
-            remote_address=ipaddress.IPv4Address(r.remote_addr),
+            remote_address=_v4(r.remote_addr),
             remote_port=r.remote_port,
             max_idle_seconds=None if r.max_idle is None else round(r.max_idle),
             lifetime_seconds=self.remaining(r.expires_at),
@@ -97,9 +98,7 @@ class View:
         expiries = [b.expires_at for b in bindings]
         return f.Group(
             group_id=self.group_id(owner, group),
-            external_address=(
-                ipaddress.IPv4Address(bindings[0].external_addr) if bindings else None
-            ),
+            external_address=(_v4(bindings[0].external_addr) if bindings else None),
             binding_ids=tuple(b.id for b in bindings),
             rule_ids=tuple(r.id for r in rules),
             counters=self.counters(counters),
@@ -110,7 +109,13 @@ class View:
 def _ipv4(address: f.IPAddress, field: str) -> str:
     if address.version != 4:
         raise FcpError(FcpReason.UNSUPPORTED, "this agent has IPv4 pools only", field=field)
-    return str(address)
+    return _text(address)
+
+
+# ipaddress is pure Python: parsing and printing were a good part of a bulk install, and
+# the same addresses recur in every call. Both directions are pure, so cached.
+_text = functools.lru_cache(maxsize=8192)(str)
+_v4 = functools.lru_cache(maxsize=8192)(ipaddress.IPv4Address)
 
 
 def reserve_op(request: f.BindingRequest, pool: str) -> ops.ReserveBinding:
@@ -137,6 +142,7 @@ def enable_op(request: f.RuleRequest) -> ops.EnableRule:
         direction=DIRECTIONS[request.direction],
         lifetime=float(request.lifetime_seconds),
         max_idle=None if request.max_idle_seconds is None else float(request.max_idle_seconds),
+        binding_ref=request.binding_ref,
     )
 
 

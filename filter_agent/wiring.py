@@ -1,5 +1,5 @@
-"""How the service assembles its engine: settings, the prefetching driver, the dry-run
-driver used to locate a failing batch operation."""
+"""How the service assembles its engine: settings, and the dry-run driver used to locate
+a failing batch operation."""
 
 from __future__ import annotations
 
@@ -28,26 +28,6 @@ class ServiceSettings:
     observe_interval: float = 1.0
     table_poll_interval: float = 0.25
     idempotency_ttl: float = 600.0
-
-
-class PrefetchDriver:
-    """The engine's driver: the real one, except that `elements()` returns a dump fetched
-    beforehand in a worker thread when there is one (see `AgentService._observe`)."""
-
-    def __init__(self, inner: NftDriver) -> None:
-        self.inner = inner
-        self.prefetched: tuple[Element, ...] | None = None
-
-    def apply(self, tx: Transaction) -> None:
-        self.inner.apply(tx)
-
-    def elements(self) -> tuple[Element, ...]:
-        if self.prefetched is not None:
-            return self.prefetched
-        return self.inner.elements()
-
-    def table_exists(self) -> bool:
-        return self.inner.table_exists()
 
 
 class DryRun(DriverError):
@@ -83,4 +63,4 @@ def build_engine(
     )
     limits = Limits(settings.max_lifetime, settings.max_block, settings.rules_per_binding)
     allocator = Allocator(pool, rng or random.SystemRandom())
-    return Engine(allocator, PrefetchDriver(driver), spec=spec, limits=limits, flusher=flusher)
+    return Engine(allocator, driver, spec=spec, limits=limits, flusher=flusher)

@@ -596,6 +596,7 @@ class EnableRuleRequest(_message.Message):
     MAX_IDLE_SECONDS_FIELD_NUMBER: _builtins.int
     LIFETIME_SECONDS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    BINDING_REF_FIELD_NUMBER: _builtins.int
     binding_id: _builtins.str
     direction: Global___Direction.ValueType
     remote_address: _builtins.str
@@ -608,6 +609,11 @@ class EnableRuleRequest(_message.Message):
     lifetime_seconds: _builtins.int
     """> 0"""
     idempotency_key: _builtins.str
+    binding_ref: _builtins.int
+    """Inside a Batch only, instead of binding_id: the index of an EARLIER reserve_binding
+    operation of the same batch; the rule opens the binding that operation reserved, so an
+    ALG that knows both ends can reserve and enable in one round trip. Elsewhere: MALFORMED.
+    """
     def __init__(
         self,
         *,
@@ -618,13 +624,19 @@ class EnableRuleRequest(_message.Message):
         max_idle_seconds: _builtins.int = ...,
         lifetime_seconds: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        binding_ref: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_remote_port", b"_remote_port", "remote_port", b"remote_port"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_binding_ref", b"_binding_ref", "_remote_port", b"_remote_port", "binding_ref", b"binding_ref", "remote_port", b"remote_port"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_remote_port", b"_remote_port", "binding_id", b"binding_id", "direction", b"direction", "idempotency_key", b"idempotency_key", "lifetime_seconds", b"lifetime_seconds", "max_idle_seconds", b"max_idle_seconds", "remote_address", b"remote_address", "remote_port", b"remote_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_binding_ref", b"_binding_ref", "_remote_port", b"_remote_port", "binding_id", b"binding_id", "binding_ref", b"binding_ref", "direction", b"direction", "idempotency_key", b"idempotency_key", "lifetime_seconds", b"lifetime_seconds", "max_idle_seconds", b"max_idle_seconds", "remote_address", b"remote_address", "remote_port", b"remote_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__binding_ref: _TypeAlias = _typing.Literal["binding_ref"]  # noqa: Y015
+    _WhichOneofArgType__binding_ref: _TypeAlias = _typing.Literal["_binding_ref", b"_binding_ref"]  # noqa: Y015
     _WhichOneofReturnType__remote_port: _TypeAlias = _typing.Literal["remote_port"]  # noqa: Y015
     _WhichOneofArgType__remote_port: _TypeAlias = _typing.Literal["_remote_port", b"_remote_port"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__binding_ref) -> _WhichOneofReturnType__binding_ref | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__remote_port) -> _WhichOneofReturnType__remote_port | None: ...
 
 Global___EnableRuleRequest: _TypeAlias = EnableRuleRequest  # noqa: Y015

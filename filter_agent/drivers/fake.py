@@ -62,8 +62,9 @@ _SET_RE = re.compile(
     r"add (set|map) (\w+) (\w+) (\w+) \{ type ([\w .]+?)(?: : ([\w .]+))?; flags timeout;"
     r"( counter;)? \}$"
 )
-_CHAIN_RE = re.compile(
-    r"add chain (\w+) (\w+) (\w+) \{ type (\w+) hook (\w+) priority (-?\d+); policy (\w+); \}$"
+_CHAIN_RE = re.compile(  # a base chain, or a regular one (no braces: `latch_queue`)
+    r"add chain (\w+) (\w+) (\w+)"
+    r"(?: \{ type (\w+) hook (\w+) priority (-?\d+); policy (\w+); \})?$"
 )
 
 
@@ -224,6 +225,9 @@ class FakeNftDriver:
             for ref in re.findall(r"@(\w+)", rule):
                 if ref not in table.sets:
                     raise _fail(f"rule refers to missing set @{ref}")
+            for target in re.findall(r"\b(?:goto|jump) (\w+)", rule):
+                if target not in table.chains:
+                    raise _fail(f"No such file or directory: chain {target}")
             chain.rules.append(rule)
             return
         m = _SET_RE.match(line)
@@ -247,7 +251,8 @@ class FakeNftDriver:
         if m:
             family, tname, cname, ctype, hook, prio, policy = m.groups()
             table = self._table(work, family, tname)
-            table.chains.setdefault(cname, _Chain(ctype, hook, int(prio), policy))
+            chain = _Chain(ctype or "", hook or "", int(prio or 0), policy or "")
+            table.chains.setdefault(cname, chain)
             return
         raise _fail(f"syntax error (fake understands the planner's dialect only): {line}")
 

@@ -9,6 +9,8 @@ talks to the lab's network.
      "lifetime": ...}
     {"op": "release_group", "as": ..., "group": ...}
     {"op": "get_binding", "as": ..., "binding_id": ...}
+    {"op": "get_rule", "as": ..., "rule_id": ...}     -> {"rule_id", "remote_port", "packets"}
+    {"op": "list_rules", "as": ...}                  -> [{"rule_id", "remote_port", ...}]
     {"op": "rogue"}   a client certificate from another CA tries to list bindings
 Every answer is {"ok": ...} or {"error": "<FCP reason>", "message": ...}.
 """
@@ -30,9 +32,19 @@ from fcp.types import (
     BindingRequest,
     Direction,
     Endpoint,
+    Rule,
     RuleRequest,
     TransportProtocol,
 )
+
+
+def rule_json(rule: Rule) -> dict[str, Any]:
+    return {
+        "rule_id": rule.rule_id,
+        "remote": str(rule.remote_address),
+        "remote_port": rule.remote_port,
+        "packets": rule.counters.packets,
+    }
 
 
 class Driver:
@@ -97,6 +109,10 @@ class Driver:
         if op == "get_binding":
             b = await client.get_binding(cmd["binding_id"])
             return {"binding_id": b.binding_id, "packets": b.counters.packets}
+        if op == "get_rule":
+            return rule_json(await client.get_rule(cmd["rule_id"]))
+        if op == "list_rules":
+            return [rule_json(r) for r in await client.list_rules()]
         raise ValueError(f"unknown op {op!r}")
 
 

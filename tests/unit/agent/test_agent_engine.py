@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -294,3 +295,17 @@ def test_group_lifetime_change_refreshes_all_members() -> None:
     assert {r.expires_at for r in engine.list_rules("alg")} == {610}
     assert {e.timeout for e in fake.elements()} == {600}
     assert engine.list_groups("alg")[0].id == "call1" and b2.external_addr == b1.external_addr
+
+
+def test_batch_binding_ref_opens_the_binding_reserved_earlier_in_the_batch() -> None:
+    engine, fake, _ = make()
+    reserve = ops.ReserveBinding("c1", "10.77.0.10", 4000, lifetime=60)
+    by_ref = ops.EnableRule("", "203.0.113.20", 5000, lifetime=60, binding_ref=0)
+    b, r = engine.batch("alg", [reserve, by_ref], 0)
+    assert isinstance(b, Binding) and isinstance(r, Rule) and r.binding_id == b.id
+    before = fake.dump()
+    for bad in ([by_ref], [reserve, ops.ChangeLifetime(b.id, 60), replace(by_ref, binding_ref=1)]):
+        with pytest.raises(AgentError) as info:
+            engine.batch("alg", bad, 1)
+        assert info.value.reason is Reason.MALFORMED
+    assert fake.dump() == before  # all or nothing

@@ -51,6 +51,9 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     )
     assert config.max_lifetime == 3600.0
     assert config.quotas.ports_per_owner is None
+    assert (config.latch, config.latch_queue) == (True, 5189)
+    off = load(write(tmp_path, GOOD.replace("[agent]", "[agent]\nlatch = false\nlatch_queue = 7")))
+    assert (off.latch, off.latch_queue) == (False, 7)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +70,8 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         (("[agent]", '[agent]\nlog_level = "LOUD"'), "agent.log_level"),
         (("[agent]", "[agent]\nmax_lifetime = 0"), "agent.max_lifetime"),
         (("[agent]", "[agnet]\n[agent]"), "agnet"),
+        (("[agent]", '[agent]\nlatch = "yes"'), "agent.latch"),
+        (("[agent]", "[agent]\nlatch_queue = 65536"), "agent.latch_queue"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, change: tuple[str, str], key: str) -> None:

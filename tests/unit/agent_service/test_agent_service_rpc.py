@@ -248,3 +248,26 @@ async def test_timers_run_by_themselves(kernel: Kernel, db: Any) -> None:
         await events.aclose()
     finally:
         await service.close()
+
+
+async def test_batch_reserves_and_enables_in_one_call_by_reference(
+    connect: Any, kernel: Kernel
+) -> None:
+    client = await connect()
+    by_ref = RuleRequest("", Direction.BIDIRECTIONAL, REMOTE, 60, 5000, binding_ref=0)
+    second = RuleRequest("", Direction.INBOUND, REMOTE, 60, 6000, binding_ref=2)
+    results = await client.batch([reserve(), by_ref, reserve(port=4100), second])
+    b0, r0, b1, r1 = results
+    assert isinstance(b0, Binding) and isinstance(b1, Binding)
+    assert isinstance(r0, Rule) and isinstance(r1, Rule)
+    assert (r0.binding_id, r1.binding_id) == (b0.binding_id, b1.binding_id)
+    assert [r.rule_id for r in await client.list_rules(binding_id=b0.binding_id)] == [r0.rule_id]
+    assert kernel_sets(kernel) >= {"in4", "out4"}
+    # Outside a batch, or pointing at anything but an earlier reservation: MALFORMED.
+    with pytest.raises(FcpError) as info:
+        await client.enable_rule(by_ref)
+    assert info.value.reason is Reason.MALFORMED
+    with pytest.raises(FcpError) as info:
+        await client.batch([by_ref, reserve(port=4200)])
+    assert info.value.reason is Reason.MALFORMED
+    assert len(await client.list_bindings()) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -207,3 +208,14 @@ def test_status_without_detail_falls_back_on_code() -> None:
     assert error.reason is Reason.NETWORK_FAILURE
     garbage = decode_error(grpc.StatusCode.INTERNAL, "x", [("grpc-status-details-bin", b"\xff")])
     assert garbage.reason is Reason.INTERNAL
+
+
+def test_binding_ref_round_trips_and_is_optional() -> None:
+    by_ref = RuleRequest(
+        "", Direction.INBOUND, ipaddress.IPv4Address("198.51.100.1"), 60, binding_ref=0
+    )
+    message = convert.rule_request_to_proto(by_ref)
+    assert message.HasField("binding_ref") and message.binding_ref == 0
+    assert convert.rule_request_from_proto(message) == by_ref
+    plain = convert.rule_request_to_proto(replace(by_ref, binding_id="b-1", binding_ref=None))
+    assert not plain.HasField("binding_ref")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 import pytest
 from fcp_testing import FakeClock, make_config
@@ -191,3 +192,19 @@ async def test_watch_events_and_admin_removal(backend: MemoryBackend) -> None:
     with pytest.raises(StopAsyncIteration):
         await anext(events)
     assert backend.watcher_count == 0
+
+
+async def test_batch_binding_ref_names_an_earlier_reservation(backend: MemoryBackend) -> None:
+    by_ref = RuleRequest("", Direction.INBOUND, PEER, 60, 5000, binding_ref=0)
+    binding, rule = await backend.batch(OWNER, BatchRequest((req("g1", 40000), by_ref)))
+    assert rule.binding_id == binding.binding_id  # type: ignore[union-attr]
+    await expect(Reason.MALFORMED, backend.enable_rule(OWNER, by_ref))
+    for bad in (
+        (by_ref,),  # nothing before it
+        (req("g2", 40100), GroupLifetimeChange("g2", 60), replace(by_ref, binding_ref=1)),
+    ):
+        with pytest.raises(FcpError) as info:
+            BatchRequest(bad)
+        assert info.value.reason is Reason.MALFORMED
+    with pytest.raises(FcpError):
+        RuleRequest("b-1", Direction.INBOUND, PEER, 60, binding_ref=0)  # both
