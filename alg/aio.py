@@ -16,10 +16,12 @@ import ipaddress
 import itertools
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from alg.cdr import Cdr
 from alg.config import AlgConfig
+from alg.media.actions import AgentAction
+from alg.media.perform import AgentApi, perform
 from alg.proxy import ProxyCore
 from alg.proxy_model import SIDES, Endpoint, Send, Side
 from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
@@ -111,11 +113,13 @@ class AlgShell:
         core: ProxyCore,
         on_calls: Callable[[list[Cdr]], None] | None = None,
         lookup: Callable[[str], Awaitable[None]] | None = None,
+        agents: Mapping[str, AgentApi] | None = None,
     ) -> None:
         self.config = config
         self.core = core
         self.on_calls = on_calls  # finished call records (CDRs), written by the caller
         self.lookup = lookup  # RFC 3263 resolution of a URI into the router's cache
+        self.agents = agents or {}  # FCP clients by agent name, for the media core
         self.udp: dict[Side, asyncio.DatagramTransport] = {}
         self.servers: list[asyncio.Server] = []
         self.connections: dict[int, _Stream] = {}
@@ -191,7 +195,26 @@ class AlgShell:
         self._dispatch(self.core.resume_lookup(uri, self._loop.time()))
         self._after_core()
 
+    def _start_media_actions(self) -> None:
+        media = self.core.media
+        if media is None:
+            return
+        for action in media.take_actions():
+            task = self._loop.create_task(self._perform(action))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _perform(self, action: AgentAction) -> None:
+        api = self.agents.get(action.agent)
+        if api is None:
+            log.error("no FCP client for agent %s", action.agent)
+            return  # the media core's deadline fails the action over
+        result = await perform(action, api)  # never raises FcpError: it becomes Failed
+        self._dispatch(self.core.media_result(result, self._loop.time()))
+        self._after_core()
+
     def _after_core(self) -> None:
+        self._start_media_actions()
         self._start_lookups()
         self._drain_calls()
         self._arm_timer()

@@ -19,16 +19,22 @@ from dns.exception import DNSException
 from alg import routing
 from alg.auth import Algorithm, DigestAuthenticator, DigestPolicy, Role
 from alg.cdr import CallRecorder, Cdr, CdrWriter
-from alg.config import AlgConfig
+from alg.config import AlgConfig, ConfigError
 from alg.dns_resolver import AsyncDnsResolver, ResolvedTarget
 from alg.edge import EdgeRouter, LocationLookup
 from alg.errors import AlgError
 from alg.location import LocationStore, SqliteLocationStore
+from alg.media.agents import AgentConfig, AgentPool
+from alg.media.antiforgery import TrustedPeer as MediaTrustedPeer
+from alg.media.core import MediaConfig, MediaCore
+from alg.media.masking import InsideNetworks
+from alg.media.rewrite import Hiding
 from alg.proxy import ProxyCore
 from alg.ratelimit import Rate, RateLimitConfig, RateLimiter
 from alg.registrar import Registrar, RegistrarPolicy
 from alg.sip import SipUri, parse_uri
 from alg.subscribers import SqliteSubscriberStore
+from fcp.client import ClientTls, FcpClient
 
 log = logging.getLogger("sipwall.alg.dns")
 
@@ -126,6 +132,42 @@ def _routing_table(config: AlgConfig) -> routing.RoutingTable:
     return table
 
 
+def media_core(config: AlgConfig) -> MediaCore | None:
+    """The media anchoring core for `[media]` (None when it is off)."""
+    settings = config.media
+    if not settings.enabled:
+        return None
+    if settings.secret_file:
+        secret = Path(settings.secret_file).read_bytes().strip()
+        if len(secret) < 16:
+            raise ConfigError(f"{settings.secret_file}: the media secret needs >= 16 bytes")
+    else:
+        # tokens (masked Contacts, Call-IDs) then do not survive a restart of the ALG
+        secret = secrets.token_bytes(32)
+    hiding = Hiding(
+        config.outside.address,
+        config.outside.port,
+        InsideNetworks.of(*config.inside_networks),
+        strip_ice=settings.strip_ice,
+    )
+    trusted = tuple(MediaTrustedPeer.of(t.address, *t.subnets) for t in settings.trusted)
+    pool = AgentPool(tuple(AgentConfig(a.name, a.weight) for a in settings.agents))
+    return MediaCore(MediaConfig(hiding, secret, trusted=trusted), pool)
+
+
+def agent_clients(config: AlgConfig) -> dict[str, FcpClient]:
+    """One FCP client per configured agent (mTLS; plaintext only to unix/loopback)."""
+    clients = {}
+    for agent in config.media.agents:
+        tls = None
+        if agent.ca and agent.cert and agent.key:
+            tls = ClientTls.from_files(Path(agent.ca), Path(agent.cert), Path(agent.key))
+            if agent.server_name:
+                tls = replace(tls, server_name=agent.server_name)
+        clients[agent.name] = FcpClient(agent.address, tls)
+    return clients
+
+
 def assemble(config: AlgConfig) -> AlgServices:
     proxy = config.proxy_config()
     subscribers_db = config.auth.subscribers
@@ -182,6 +224,6 @@ def assemble(config: AlgConfig) -> AlgServices:
             )
         )
     recorder = CallRecorder() if config.cdr_file else None
-    core = ProxyCore(proxy, edge, limiter=limiter, recorder=recorder)
+    core = ProxyCore(proxy, edge, limiter=limiter, recorder=recorder, media=media_core(config))
     writer = CdrWriter(config.cdr_file) if config.cdr_file else None
     return AlgServices(config, core, edge, location, subscribers, writer)

@@ -68,6 +68,36 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentEndpoint:
+    """One filter agent (one per gateway) the ALG anchors media through (FCP)."""
+
+    name: str
+    address: str  # host:port, or unix:/path (plaintext only there and on loopback)
+    ca: str | None = None  # PEM files for mTLS; all three or none
+    cert: str | None = None
+    key: str | None = None
+    weight: float = 1.0
+    server_name: str | None = None  # when the address is not in the agent's certificate
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedPeer:
+    """An inside peer (an IP-PBX) allowed to signal media for other inside addresses."""
+
+    address: str
+    subnets: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSettings:
+    enabled: bool = False
+    agents: tuple[AgentEndpoint, ...] = ()
+    secret_file: str | None = None  # >= 16 bytes; random per start when absent
+    strip_ice: bool = True
+    trusted: tuple[TrustedPeer, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AlgConfig:
     inside: SideConfig
     outside: SideConfig
@@ -91,6 +121,7 @@ class AlgConfig:
     # RFC 3263 lookups for other domains: "system" uses the host's resolver. Off by
     # default so that a lab or test run never queries a server outside the lab.
     dns_resolver: str = "off"
+    media: MediaSettings = field(default_factory=MediaSettings)
     syslog: str | None = None  # "host[:port]" of an RFC 5424 collector (UDP)
     syslog_facility: str = "local0"
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -211,7 +242,55 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
         "pid_file": files.get("pid"),
         "stats_file": files.get("stats"),
         "dns_resolver": resolver,
+        "media": _media(data),
     }
+
+
+def _media(data: Mapping[str, Any]) -> MediaSettings:
+    media = _section(data, "media", {"enabled", "agents", "secret_file", "strip_ice", "trusted"})
+    agents = []
+    for index, raw in enumerate(media.get("agents", [])):
+        where = f"[media].agents[{index}]"
+        if not isinstance(raw, dict) or "name" not in raw or "address" not in raw:
+            raise ConfigError(f"{where} needs name and address")
+        unknown = set(raw) - {"name", "address", "ca", "cert", "key", "weight", "server_name"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}")
+        tls = [raw.get(k) for k in ("ca", "cert", "key")]
+        if any(tls) and not all(tls):
+            raise ConfigError(f"{where}: ca, cert and key go together (mTLS)")
+        weight = raw.get("weight", 1.0)
+        if not isinstance(weight, int | float) or weight <= 0:
+            raise ConfigError(f"{where}.weight must be > 0")
+        agents.append(
+            AgentEndpoint(
+                str(raw["name"]),
+                str(raw["address"]),
+                raw.get("ca"),
+                raw.get("cert"),
+                raw.get("key"),
+                float(weight),
+                raw.get("server_name"),
+            )
+        )
+    enabled = bool(media.get("enabled", False))
+    if enabled and not agents:
+        raise ConfigError("[media] enabled needs at least one [[media.agents]]")
+    trusted = []
+    for index, raw in enumerate(media.get("trusted", [])):
+        try:
+            address = str(ipaddress.ip_address(raw["address"]))
+            subnets = tuple(str(ipaddress.ip_network(n, strict=False)) for n in raw["subnets"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"[media].trusted[{index}] needs address and subnets") from None
+        trusted.append(TrustedPeer(address, subnets))
+    return MediaSettings(
+        enabled,
+        tuple(agents),
+        media.get("secret_file"),
+        bool(media.get("strip_ice", True)),
+        tuple(trusted),
+    )
 
 
 def parse_config(data: Mapping[str, Any]) -> AlgConfig:

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from alg.aio import AlgShell
-from alg.assemble import assemble
+from alg.assemble import agent_clients, assemble
 from alg.config import AlgConfig, ConfigError, load_config
 from alg.errors import AlgError
 from alg.logsetup import LogSettings, configure_logging
+from fcp.errors import FcpError
 
 log = logging.getLogger("sipwall.alg")
 
@@ -45,11 +46,19 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
     core = services.core
     loop = asyncio.get_running_loop()
     wall_offset = time.time() - loop.time()
+    clients = agent_clients(config) if config.media.enabled else {}
+    for name, client in clients.items():
+        try:
+            session = await client.open_session()
+            log.info("agent %s: epoch %s", name, session.epoch)
+        except FcpError as exc:  # not fatal: the breaker keeps new calls off it
+            log.warning("agent %s not reachable yet: %s", name, exc)
     shell = AlgShell(
         config,
         core,
         on_calls=lambda calls: services.write_calls(calls, wall_offset),
         lookup=lambda uri: services.resolve(uri, loop.time),
+        agents=clients,
     )
     await shell.start()
     # Everything built so far lives as long as the process: keep the collector from
@@ -93,6 +102,8 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
             loop.remove_signal_handler(sig)
             signal.signal(sig, handler)
         await shell.close()
+        for client in clients.values():
+            await client.close()
         services.write_calls(core.take_finished_calls(), wall_offset)
         dump_counters()
         services.close()

@@ -247,3 +247,37 @@ def test_services_resolve_fills_the_router_cache(tmp_path: Path) -> None:
     out = core.resume_lookup(uri, 0.5)
     assert canned.asked == ["sip:erin@other.example"]
     assert sent_to(out, Endpoint("outside", "UDP", "198.51.100.41", 5060))
+
+
+def test_media_settings_parse_and_build_the_media_core(tmp_path: Path) -> None:
+    from alg.assemble import media_core
+    from alg.config import ConfigError
+
+    base = {"inside": {"address": "10.77.0.1"}, "outside": {"address": "203.0.113.1"}}
+    assert parse_config(base).media.enabled is False
+    assert media_core(parse_config(base)) is None
+    secret = tmp_path / "media.secret"
+    secret.write_bytes(b"0123456789abcdef0123")
+    data = {
+        **base,
+        "media": {
+            "enabled": True,
+            "secret_file": str(secret),
+            "agents": [{"name": "gw1", "address": "127.0.0.1:7700", "weight": 2}],
+            "trusted": [{"address": "10.77.0.50", "subnets": ["10.77.5.0/24"]}],
+        },
+    }
+    config = parse_config(data)
+    assert [(a.name, a.weight) for a in config.media.agents] == [("gw1", 2.0)]
+    assert media_core(config) is not None
+    for broken, words in (
+        ({"enabled": True}, "at least one"),
+        ({"agents": [{"name": "gw1"}]}, "name and address"),
+        ({"agents": [{"name": "a", "address": "x:1", "ca": "c"}]}, "go together"),
+        ({"trusted": [{"address": "nope"}]}, r"trusted\[0\]"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            parse_config({**base, "media": broken})
+    secret.write_bytes(b"short")
+    with pytest.raises(ConfigError, match="16 bytes"):
+        media_core(config)
