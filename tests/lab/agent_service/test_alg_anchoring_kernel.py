@@ -146,3 +146,133 @@ def test_anchored_calls_hide_the_inside_and_release_everything(agent_lab: AgentL
         if alg.stdout is not None:
             alg.stdout.close()
         log.close()
+
+
+def _public_media_port(messages: Path) -> int | None:
+    """The m= port the outside phone was offered (the agent's binding), once seen."""
+    if not messages.exists():
+        return None
+    for line in messages.read_text(errors="replace").splitlines():
+        if line.startswith("m=audio "):
+            return int(line.split()[1])
+    return None
+
+
+def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: AgentLab) -> None:
+    from labs.traffic import now
+
+    lab, g = agent_lab, agent_lab.g
+    log = (lab.workdir / "alg.log").open("wb")
+    alg = in_ns(
+        lab,
+        g.gw,
+        sys.executable,
+        "-m",
+        "sipwall",
+        "alg",
+        "--config",
+        str(alg_config(lab)),
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    uas = uac = None
+    messages = lab.workdir / "uas-messages.log"
+    try:
+        assert alg.stdout is not None
+        assert b"ready" in alg.stdout.readline()
+        uas = in_ns(
+            lab,
+            g.outside,
+            "sipp",
+            "-sf",
+            str(SIPP / "uas_sdp_anchored_media.xml"),
+            "-i",
+            "203.0.113.20",
+            "-p",
+            "5060",
+            "-m",
+            "1",
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            str(messages),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        uac = in_ns(
+            lab,
+            g.inside,
+            "sipp",
+            "-sf",
+            str(SIPP / "uac_sdp_media.xml"),
+            "203.0.113.20:5060",
+            "-rsa",
+            "10.77.0.1:5060",
+            "-i",
+            "10.77.0.10",
+            "-p",
+            "5060",
+            "-m",
+            "1",
+            "-d",
+            "10000",
+            "-s",
+            "bob",
+            "-nostdin",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: _public_media_port(messages) is not None, 10, what="offer seen")
+        port = _public_media_port(messages)
+        assert port is not None
+        # the answer has been relayed (rules enabled) once the caller's ACK reached the callee
+        wait_until(lambda: b"ACK sip:" in messages.read_bytes(), 10, what="call answered")
+
+        # inbound: the callee's media reaches the caller's inside port through the binding
+        rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=1.5)
+        lab.send(
+            g.outside, "203.0.113.20", 17000, "203.0.113.1", port, tag="in", count=50, interval=0.01
+        ).wait()
+        wait_until(lambda: len(rx.packets()) >= 45, 5, what="inbound media")
+        rx.wait()
+
+        # outbound: the caller's media leaves with the public binding as its source
+        rx = lab.recv(g.outside, "203.0.113.20", 17000, duration=1.5)
+        lab.send(
+            g.inside, "10.77.0.10", 16000, "203.0.113.20", 17000, tag="out", count=50, interval=0.01
+        ).wait()
+        wait_until(lambda: len(rx.packets()) >= 45, 5, what="outbound media")
+        assert {(p.src, p.sport) for p in rx.packets()} == {("203.0.113.1", port)}
+        rx.wait()
+
+        # a stream running across the hangup stops within a second of it
+        rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=12)
+        tx = lab.send(
+            g.outside,
+            "203.0.113.20",
+            17000,
+            "203.0.113.1",
+            port,
+            tag="late",
+            count=900,
+            interval=0.01,
+        )
+        assert uac.wait(timeout=30) == 0  # BYE answered: the call is over
+        hung_up = now()
+        wait_until(lambda: tx.sent_until() > hung_up + 1.5, 15, what="sender kept going")
+        got = rx.packets()
+        assert got, "media flowed before the hangup"
+        assert max(p.t for p in got) <= hung_up + 1.0
+        wait_until(
+            lambda: lab.ok("list_rules", **{"as": "alg-1"}) == [],
+            10,
+            what="the ALG released its pinholes",
+        )
+    finally:
+        for proc in (alg, uas, uac):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+        if alg.stdout is not None:
+            alg.stdout.close()
+        log.close()
