@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import PORT, ROOT, AgentLab
@@ -276,3 +277,224 @@ def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: Ag
         if alg.stdout is not None:
             alg.stdout.close()
         log.close()
+
+
+def _start_alg(lab: AgentLab) -> tuple[subprocess.Popen[bytes], Any]:
+    log = (lab.workdir / "alg.log").open("wb")
+    alg = in_ns(
+        lab,
+        lab.g.gw,
+        sys.executable,
+        "-m",
+        "sipwall",
+        "alg",
+        "--config",
+        str(alg_config(lab)),
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    assert alg.stdout is not None
+    assert b"ready" in alg.stdout.readline(), (lab.workdir / "alg.log").read_text()
+    return alg, log
+
+
+def _stop(*procs: subprocess.Popen[bytes] | None) -> None:
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _kernel_elements(lab: AgentLab, name: str) -> int:
+    listing = lab.nft(
+        "-j", "list", "map" if name.endswith("nat4") else "set", "inet", "sipwall", name
+    ).stdout
+    return listing.count('"elem"')
+
+
+@pytest.mark.parametrize(
+    ("caller", "callee"),
+    [("uac_busy_sdp.xml", "uas_busy.xml"), ("uac_cancel_sdp.xml", "uas_cancel_hidden.xml")],
+)
+def test_busy_and_cancelled_calls_leave_no_binding(
+    agent_lab: AgentLab, caller: str, callee: str
+) -> None:
+    lab = agent_lab
+    alg, log = _start_alg(lab)
+    uas = None
+    try:
+        uas = in_ns(
+            lab,
+            lab.g.outside,
+            "sipp",
+            "-sf",
+            str(SIPP / callee),
+            "-i",
+            "203.0.113.20",
+            "-p",
+            "5060",
+            "-m",
+            "2",
+            "-nostdin",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        uac = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.g.inside,
+                "sipp",
+                "-sf",
+                str(SIPP / caller),
+                "203.0.113.20:5060",
+                "-rsa",
+                "10.77.0.1:5060",
+                "-i",
+                "10.77.0.10",
+                "-p",
+                "5060",
+                "-m",
+                "2",
+                "-r",
+                "1",
+                "-l",
+                "1",
+                "-s",
+                "bob",
+                "-nostdin",
+                "-timeout",
+                "30s",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=lab.workdir,
+        )
+        assert uac.returncode == 0, uac.stderr[-2000:]
+        wait_until(lambda: _kernel_elements(lab, "dnat4") == 0, 10, what="bindings released")
+        assert _kernel_elements(lab, "in4") == 0 and _kernel_elements(lab, "in4a") == 0
+    finally:
+        _stop(alg, uas)
+        log.close()
+
+
+def test_outside_link_never_carries_an_inside_address_and_media_survives_the_agent(
+    agent_lab: AgentLab,
+) -> None:
+    from scapy.all import IP, Raw, rdpcap  # type: ignore[import-untyped]
+
+    from labs.traffic import now
+
+    lab, g = agent_lab, agent_lab.g
+    pcap = lab.workdir / "outside.pcap"
+    capture = in_ns(
+        lab,
+        g.gw,
+        "dumpcap",
+        "-q",
+        "-i",
+        "gw-out",
+        "-w",
+        str(pcap),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, what="capture running")
+    alg, log = _start_alg(lab)
+    uas = uac = None
+    messages = lab.workdir / "uas-messages.log"
+    try:
+        uas = in_ns(
+            lab,
+            g.outside,
+            "sipp",
+            "-sf",
+            str(SIPP / "uas_sdp_anchored_media.xml"),
+            "-i",
+            "203.0.113.20",
+            "-p",
+            "5060",
+            "-m",
+            "1",
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            str(messages),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        uac = in_ns(
+            lab,
+            g.inside,
+            "sipp",
+            "-sf",
+            str(SIPP / "uac_sdp_media.xml"),
+            "203.0.113.20:5060",
+            "-rsa",
+            "10.77.0.1:5060",
+            "-i",
+            "10.77.0.10",
+            "-p",
+            "5060",
+            "-m",
+            "1",
+            "-d",
+            "12000",
+            "-s",
+            "bob",
+            "-nostdin",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
+            10,
+            what="call answered",
+        )
+        port = _public_media_port(messages)
+        assert port is not None
+        # media both ways while the agent is killed: the kernel keeps forwarding
+        rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=4)
+        tx = lab.send(
+            g.outside, "203.0.113.20", 17000, "203.0.113.1", port, tag="k", count=300, interval=0.01
+        )
+        wait_until(lambda: len(rx.packets()) >= 20, 5, what="media flowing")
+        lab.kill_agent()
+        killed = now()
+        tx.wait()
+        rx.wait()
+        assert any(p.t > killed + 1.0 for p in rx.packets()), "media stopped with the agent"
+        assert len(rx.packets()) >= 280  # at most a handful lost while it died
+        out = lab.recv(g.outside, "203.0.113.20", 17000, duration=1.5)
+        lab.send(
+            g.inside, "10.77.0.10", 16000, "203.0.113.20", 17000, tag="o", count=30, interval=0.01
+        ).wait()
+        out.wait()
+        assert len(out.packets()) >= 25
+        lab.start_agent()  # back before the hangup, so the release can be carried out
+        assert uac.wait(timeout=30) == 0
+        wait_until(
+            lambda: lab.ok("list_rules", **{"as": "alg-1"}) == [],
+            15,
+            what="released after the agent came back",
+        )
+    finally:
+        _stop(alg, uas, uac)
+        log.close()
+        if capture.poll() is None:
+            capture.terminate()
+            capture.wait(timeout=10)
+    packets = rdpcap(str(pcap))
+    assert len(packets) > 300  # SIP and both media directions were captured
+    for packet in packets:
+        if IP in packet:
+            assert not packet[IP].src.startswith("10.77.") and not packet[IP].dst.startswith(
+                "10.77."
+            ), packet.summary()
+        if Raw in packet:
+            assert b"10.77." not in bytes(packet[Raw].load), packet.summary()
