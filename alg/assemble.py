@@ -29,6 +29,7 @@ from alg.media.antiforgery import TrustedPeer as MediaTrustedPeer
 from alg.media.core import MediaConfig, MediaCore
 from alg.media.masking import InsideNetworks
 from alg.media.rewrite import Hiding
+from alg.media.session_timer import TimerSettings as MediaTimers
 from alg.proxy import ProxyCore
 from alg.ratelimit import Rate, RateLimitConfig, RateLimiter
 from alg.registrar import Registrar, RegistrarPolicy
@@ -152,7 +153,8 @@ def media_core(config: AlgConfig) -> MediaCore | None:
     )
     trusted = tuple(MediaTrustedPeer.of(t.address, *t.subnets) for t in settings.trusted)
     pool = AgentPool(tuple(AgentConfig(a.name, a.weight) for a in settings.agents))
-    return MediaCore(MediaConfig(hiding, secret, trusted=trusted), pool)
+    timers = MediaTimers(interval=settings.session_interval, slack=settings.session_slack)
+    return MediaCore(MediaConfig(hiding, secret, timers=timers, trusted=trusted), pool)
 
 
 def agent_clients(config: AlgConfig) -> dict[str, FcpClient]:

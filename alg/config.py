@@ -95,6 +95,10 @@ class MediaSettings:
     secret_file: str | None = None  # >= 16 bytes; random per start when absent
     strip_ice: bool = True
     trusted: tuple[TrustedPeer, ...] = ()
+    # RFC 4028: the Session-Expires the ALG inserts when the UAs use none, and the slack
+    # added on top for the group lifetime (how long pinholes outlive a silent ALG)
+    session_interval: int = 1800
+    session_slack: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +251,23 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _media(data: Mapping[str, Any]) -> MediaSettings:
-    media = _section(data, "media", {"enabled", "agents", "secret_file", "strip_ice", "trusted"})
+    media = _section(
+        data,
+        "media",
+        {
+            "enabled",
+            "agents",
+            "secret_file",
+            "strip_ice",
+            "trusted",
+            "session_interval",
+            "session_slack",
+        },
+    )
+    interval = _int_option(media, "media", "session_interval", 1800)
+    slack = _int_option(media, "media", "session_slack", 32)
+    if interval < 90:
+        raise ConfigError("[media].session_interval must be >= 90 (RFC 4028 Min-SE)")
     agents = []
     for index, raw in enumerate(media.get("agents", [])):
         where = f"[media].agents[{index}]"
@@ -290,6 +310,8 @@ def _media(data: Mapping[str, Any]) -> MediaSettings:
         media.get("secret_file"),
         bool(media.get("strip_ice", True)),
         tuple(trusted),
+        interval,
+        slack,
     )
 
 

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.peers]
 SIPP = ROOT / "labs" / "sipp"
 
 
-def alg_config(lab: AgentLab) -> Path:
+def alg_config(lab: AgentLab, media_extra: str = "") -> Path:
     pki = lab.workdir / "pki"
     path = lab.workdir / "alg.toml"
     path.write_text(
@@ -34,6 +34,7 @@ transports = ["udp"]
 inside_networks = ["10.77.0.0/24"]
 [media]
 enabled = true
+{media_extra}
 [[media.agents]]
 name = "gw1"
 address = "127.0.0.1:{PORT}"
@@ -498,3 +499,109 @@ def test_outside_link_never_carries_an_inside_address_and_media_survives_the_age
             ), packet.summary()
         if Raw in packet:
             assert b"10.77." not in bytes(packet[Raw].load), packet.summary()
+
+
+@pytest.mark.slow
+def test_a_dead_alg_leaves_nothing_open_once_the_lifetime_runs_out(agent_lab: AgentLab) -> None:
+    from labs.traffic import now
+
+    lab, g = agent_lab, agent_lab.g
+    log = (lab.workdir / "alg.log").open("wb")
+    # RFC 4028's shortest interval, so the group lifetime is 90 + 2 s
+    config = alg_config(lab, "session_interval = 90\nsession_slack = 2")
+    alg = in_ns(
+        lab,
+        g.gw,
+        sys.executable,
+        "-m",
+        "sipwall",
+        "alg",
+        "--config",
+        str(config),
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    uas = uac = None
+    messages = lab.workdir / "uas-messages.log"
+    try:
+        assert alg.stdout is not None
+        assert b"ready" in alg.stdout.readline()
+        uas = in_ns(
+            lab,
+            g.outside,
+            "sipp",
+            "-sf",
+            str(SIPP / "uas_sdp_anchored_media.xml"),
+            "-i",
+            "203.0.113.20",
+            "-p",
+            "5060",
+            "-m",
+            "1",
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            str(messages),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        uac = in_ns(
+            lab,
+            g.inside,
+            "sipp",
+            "-sf",
+            str(SIPP / "uac_sdp_media.xml"),
+            "203.0.113.20:5060",
+            "-rsa",
+            "10.77.0.1:5060",
+            "-i",
+            "10.77.0.10",
+            "-p",
+            "5060",
+            "-m",
+            "1",
+            "-d",
+            "300000",
+            "-s",
+            "bob",
+            "-nostdin",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
+            10,
+            what="call answered",
+        )
+        answered = now()
+        port = _public_media_port(messages)
+        assert port is not None
+        assert b"Session-Expires: 90" in messages.read_bytes()  # inserted by the ALG
+        rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=120)
+        tx = lab.send(
+            g.outside,
+            "203.0.113.20",
+            17000,
+            "203.0.113.1",
+            port,
+            tag="d",
+            count=11000,
+            interval=0.01,
+        )
+        wait_until(lambda: len(rx.packets()) >= 20, 5, what="media flowing")
+        alg.kill()  # SIGKILL: no BYE, no release ever comes from the ALG
+        alg.wait(timeout=10)
+        killed = now()
+        wait_until(
+            lambda: _kernel_elements(lab, "dnat4") == 0, 110, what="the kernel expired the binding"
+        )
+        expired = now()
+        wait_until(lambda: tx.sent_until() > expired + 1.5, 15, what="sender kept going")
+        got = rx.packets()
+        assert max(p.t for p in got) > killed + 30  # media went on without the ALG
+        assert max(p.t for p in got) <= expired + 1.0  # and stopped with the lifetime
+        assert expired - answered <= 92 + 5  # the lifetime the ALG asked for, no more
+        assert _kernel_elements(lab, "in4") == 0
+    finally:
+        _stop(alg, uas, uac)
+        log.close()
