@@ -82,9 +82,15 @@ def plan_routes(msg: SipMessage, config: ProxyConfig) -> RoutePlan:
     routes = msg.routes
     request_uri: str | None = None
     uri = msg.request_uri
-    if isinstance(uri, SipUri) and config.is_ours(uri.host, uri.port) and routes:
+    if (
+        isinstance(uri, SipUri)
+        and uri.user is None
+        and config.is_ours(uri.host, uri.port)
+        and routes
+    ):
         # §16.4: a strict router put our Record-Route value in the R-URI and the real
-        # target in the last Route; restore it.
+        # target in the last Route; restore it. Our Record-Route values have no user
+        # part, so sip:alice@<our address> (a user at our domain) is not one of them.
         request_uri = str(routes[-1].uri)
         routes = routes[:-1]
     ours = 0

@@ -562,6 +562,7 @@ class ProxyCore:
                     branch.destination.side,
                     now,
                     out,
+                    sender_host=branch.destination.host,
                 )
             return
         branch.timer_c = None
@@ -577,6 +578,7 @@ class ProxyCore:
             decision.final_status,
             now,
             out,
+            sender_host=branch.destination.host,
         )
 
     def _apply_decision(  # noqa: PLR0917
@@ -589,6 +591,7 @@ class ProxyCore:
         best_status: int | None,
         now: float,
         out: list[Send],
+        sender_host: str | None = None,
     ) -> None:
         if verdict in (Verdict.HOLD, Verdict.ABSORB):
             return
@@ -597,7 +600,13 @@ class ProxyCore:
                 self._cancel_branch(other, now, out)
         if 200 <= response.status < 300:
             self._send_upstream(
-                server, Event.SEND_SUCCESS, strip_top_via(response), from_side, now, out
+                server,
+                Event.SEND_SUCCESS,
+                strip_top_via(response),
+                from_side,
+                now,
+                out,
+                sender_host=sender_host,
             )
             return
         if best is None:
@@ -618,6 +627,7 @@ class ProxyCore:
         from_side: Side,
         now: float,
         out: list[Send],
+        sender_host: str | None = None,
     ) -> None:
         """A response on its way to the request's sender, through the media core."""
 
@@ -631,7 +641,14 @@ class ProxyCore:
                 self._server_send(server, tu_event_for_status(status), data, now, out)
 
         self._gate.cross(
-            data, from_side, server.source.side, server.source.host, now, out, proceed, refuse
+            data,
+            from_side,
+            server.source.side,
+            sender_host or server.source.host,
+            now,
+            out,
+            proceed,
+            refuse,
         )
 
     def _with_challenges(self, server: ServerSide, best: SipMessage) -> bytes:

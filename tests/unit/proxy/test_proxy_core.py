@@ -335,3 +335,20 @@ def test_non_invite_timeout_is_never_answered_408() -> None:
     # RFC 4320 §4.1: the request is retransmitted and then dropped silently
     assert [m.status for _, out in fired for m in sent_to(out, ALICE)] == []
     assert core.transaction_count == 0
+
+
+def test_a_user_at_our_address_is_not_strict_routing() -> None:
+    from alg.forwarding import plan_routes
+
+    via_us = b"Route: <sip:10.77.0.1:5060;lr>\r\n"
+    user_at_us = parse_message(
+        invite(extra=via_us).replace(b"INVITE sip:bob@example.net", b"INVITE sip:alice@10.77.0.1")
+    )
+    plan = plan_routes(user_at_us, config())
+    assert (plan.request_uri, plan.ours_on_top) == (None, 1)  # loose: drop our Route only
+    strict = parse_message(
+        invite(extra=b"Route: <sip:bob@203.0.113.20>\r\n").replace(
+            b"INVITE sip:bob@example.net", b"INVITE sip:10.77.0.1:5060;lr"
+        )
+    )
+    assert plan_routes(strict, config()).request_uri == "sip:bob@203.0.113.20"

@@ -105,3 +105,31 @@ def test_no_agent_means_503_and_nothing_forwarded() -> None:
         assert [m.status for m in sent_to(out, ALICE)][-1] == 503
     finally:
         rig.loop.close()
+
+
+def test_outside_call_to_inside_phone_is_answered_with_the_binding_not_488() -> None:
+    rig = Rig()
+    rig.core.router = StaticRouter({"alice": [ALICE]})
+    try:
+        from_outside = (
+            invite(to_user="alice")
+            .replace(b"Via: SIP/2.0/UDP 10.77.0.10:5060", b"Via: SIP/2.0/UDP 203.0.113.20:5060")
+            .replace(b"IN IP4 10.77.0.10", b"IN IP4 203.0.113.20")
+            .replace(b"<sip:alice@10.77.0.10:5060>", b"<sip:bob@203.0.113.20:5060>")
+        )
+        out = rig.receive(from_outside, BOB)
+        (to_alice,) = [parse_message(s.data) for s in out if s.to == ALICE]
+        answer = build_response(
+            to_alice,
+            200,
+            to_tag="a1",
+            body=b"v=0\r\no=a 1 1 IN IP4 10.77.0.10\r\ns=-\r\n"
+            b"c=IN IP4 10.77.0.10\r\nt=0 0\r\nm=audio 40010 RTP/AVP 0\r\n",
+        )
+        out = rig.receive(answer, ALICE, at=1.0)
+        (to_bob,) = [s for s in out if s.to == BOB]
+        assert parse_message(to_bob.data).status == 200  # the callee's own media: no 488
+        assert b"10.77." not in to_bob.data
+        assert f"c=IN IP4 {PUBLIC}".encode() in to_bob.data
+    finally:
+        rig.loop.close()
