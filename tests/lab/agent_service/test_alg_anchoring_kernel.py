@@ -605,3 +605,89 @@ def test_a_dead_alg_leaves_nothing_open_once_the_lifetime_runs_out(agent_lab: Ag
     finally:
         _stop(alg, uas, uac)
         log.close()
+
+
+def test_hold_and_resume_keep_the_binding_and_media_flows_again(agent_lab: AgentLab) -> None:
+    lab, g = agent_lab, agent_lab.g
+    alg, log = _start_alg(lab)
+    uas = uac = None
+    messages = lab.workdir / "uas-messages.log"
+
+    def acks() -> int:
+        return messages.read_bytes().count(b"ACK sip:") if messages.exists() else 0
+
+    def offered_ports() -> list[int]:
+        # the ports offered to the outside phone (its own answers use 17000)
+        text = messages.read_text(errors="replace") if messages.exists() else ""
+        ports = [int(line.split()[1]) for line in text.splitlines() if line.startswith("m=audio")]
+        return [port for port in ports if port != 17000]
+
+    try:
+        uas = in_ns(
+            lab,
+            g.outside,
+            "sipp",
+            "-sf",
+            str(SIPP / "uas_hold_resume.xml"),
+            "-i",
+            "203.0.113.20",
+            "-p",
+            "5060",
+            "-m",
+            "1",
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            str(messages),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        uac = in_ns(
+            lab,
+            g.inside,
+            "sipp",
+            "-sf",
+            str(SIPP / "uac_hold_resume.xml"),
+            "203.0.113.20:5060",
+            "-rsa",
+            "10.77.0.1:5060",
+            "-i",
+            "10.77.0.10",
+            "-p",
+            "5060",
+            "-m",
+            "1",
+            "-s",
+            "bob",
+            "-nostdin",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: acks() >= 2, 15, what="on hold (second ACK)")
+        assert b"a=sendonly" in messages.read_bytes()
+        assert _kernel_elements(lab, "dnat4") >= 1  # hold keeps the binding
+        wait_until(lambda: acks() >= 3, 15, what="resumed (third ACK)")
+        ports = offered_ports()
+        assert len(ports) == 3 and len(set(ports)) == 1, ports  # one binding all along
+        rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=1.5)
+        lab.send(
+            g.outside,
+            "203.0.113.20",
+            17000,
+            "203.0.113.1",
+            ports[0],
+            tag="r",
+            count=50,
+            interval=0.01,
+        ).wait()
+        wait_until(lambda: len(rx.packets()) >= 45, 5, what="media after resume")
+        rx.wait()
+        assert uac.wait(timeout=30) == 0
+        wait_until(
+            lambda: lab.ok("list_rules", **{"as": "alg-1"}) == [],
+            10,
+            what="released after the hangup",
+        )
+    finally:
+        _stop(alg, uas, uac)
+        log.close()
