@@ -259,10 +259,12 @@ class Phone:
                     raise PhoneError(f"{self.host}: {command} {params}: {msg.get('data')}")
                 return msg
 
-    def wait_event(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
-        """The next event of type `kind` (CALL_ESTABLISHED, CALL_CLOSED, ...)."""
+    def wait_event(self, kind: str | tuple[str, ...], timeout: float = 10.0) -> dict[str, Any]:
+        """The next event of type `kind` (CALL_ESTABLISHED, CALL_CLOSED, ...), or of any
+        of the types in a tuple (e.g. established or closed, whichever comes first)."""
+        kinds = (kind,) if isinstance(kind, str) else kind
         for event in self.seen_events:
-            if event.get("type") == kind and not event.get("_consumed"):
+            if event.get("type") in kinds and not event.get("_consumed"):
                 event["_consumed"] = True
                 return event
         deadline = time.monotonic() + timeout
@@ -272,9 +274,11 @@ class Phone:
                 event = self._events.get(timeout=max(left, 0.001))
             except queue.Empty:
                 seen = [e.get("type") for e in self.seen_events]
-                raise PhoneError(f"{self.host}: no {kind} in {timeout}s (saw {seen})") from None
+                raise PhoneError(
+                    f"{self.host}: no {'/'.join(kinds)} in {timeout}s (saw {seen})"
+                ) from None
             self.seen_events.append(event)
-            if event.get("type") == kind:
+            if event.get("type") in kinds:
                 event["_consumed"] = True
                 return event
 

@@ -7,6 +7,7 @@
     sipwall lab exec N HOST -- CMD...
     sipwall lab capture N HOST IFACE --out FILE.pcap [--seconds S] [--packets K]
     sipwall lab down [N] [--all]
+    sipwall lab demo [--out DIR] [--name N]
 
 `up` starts an *owner* process for the lab (a detached `python -m labs.main _own ...`)
 that builds it, reports progress on a pipe and then waits for SIGTERM, on which it tears
@@ -72,22 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     cap.add_argument("--out", required=True, type=Path)
     cap.add_argument("--seconds", type=float, default=10.0)
     cap.add_argument("--packets", type=int)
+    dm = sub.add_parser("demo", help="two real phones call each other through sipwall")
+    dm.add_argument("--out", type=Path, default=Path("demo-output"), help="pcaps, recordings, logs")
+    dm.add_argument("--name", default="demo", help="lab name (default: demo)")
     return p
-
-
-DEMO_NOT_READY = """\
-sipwall lab demo: not available yet.
-The demo runs a real call through sipwall with media anchored in the kernel; the ALG's
-media anchoring (alg/media) is built and tested but not yet wired into the proxy.
-Meanwhile:  sipwall lab up basic   (then: sipwall lab status, sipwall lab down)
-            make test              (includes real baresip and sipp calls in lab namespaces)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["demo"]:
-        print(DEMO_NOT_READY, file=sys.stderr)
-        return 2
     args = _parser().parse_args(argv)
     handlers = {
         "scenarios": _scenarios,
@@ -98,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "exec": _exec,
         "capture": _capture,
+        "demo": _demo,
     }
     try:
         return handlers[args.command](args)
@@ -360,6 +354,22 @@ def _capture(args: argparse.Namespace) -> int:
     if rc == 0:
         _say(f"captured {args.host}:{args.iface} to {out}")
     return rc
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """`sipwall lab demo`: see labs/demo.py. The last line printed starts with `demo:`."""
+    from labs import demo
+
+    name = st.check_lab_name(args.name)
+    out = args.out.resolve()
+    with raising_on_signals() as latch:
+        try:
+            passed, summary = demo.run(out, name, _say, latch.check)
+        except Interrupted as exc:
+            _say(f"demo: FAIL — {exc}; lab {name} torn down")
+            return exc.exit_code
+    _say(f"demo: {'PASS' if passed else 'FAIL'} — {summary}")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
