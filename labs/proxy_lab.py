@@ -355,13 +355,15 @@ def sipp_uac_argv(
     *,
     pause_ms: int = 1000,
     recv_timeout_ms: int = 8000,
+    scenario: Path | None = None,
 ) -> list[str]:
-    """The UAC: `calls` calls at `rate` cps through the proxy (-rsa), then it exits."""
+    """The UAC: `calls` calls at `rate` cps through the proxy (-rsa), then it exits.
+    `scenario` replaces the reference `uac_sdp.xml` (e.g. `uac_sdp_ports.xml`)."""
     return [
         "sipp",
         f"{UAS_ADDR}:{SIP_PORT}",
         "-sf",
-        str(SIPP_DIR / "uac_sdp.xml"),
+        str(scenario or SIPP_DIR / "uac_sdp.xml"),
         "-s",
         SERVICE,
         "-i",

@@ -1,0 +1,721 @@
+"""Calls per second with media anchoring, beside Kamailio, and the setup delay anchoring adds.
+
+Lab (`labs/proxy_lab.py` + `labs/anchor_lab.py`; namespaces created and removed here, also
+on failure, Ctrl-C and SIGTERM; the gw does not route, so every message crosses the proxy):
+
+    uac (10.77.0.10, sipp UAC) -- gw (10.77.0.1 | 203.0.113.1, proxy [+ agent]) -- uas
+
+Proxies in the gw namespace, one after the other:
+
+  kamailio           Kamailio 5.6, the reference edge-proxy config (labs/kamailio/), a plain
+                     proxy: no media handling at all
+  sipwall-anchored   `python -m sipwall alg` (stateful) with `[media] enabled = true` and the
+                     real filter agent (`python -m sipwall agent`, FCP over mTLS on
+                     127.0.0.1:7700, pool 203.0.113.1:20000-59999, port quarantine 120 s,
+                     its nftables table in the gw): every call reserves a public binding
+                     when its offer crosses, enables the pinholes (DNAT in, SNAT out) when
+                     the answer crosses, and releases them at BYE
+  sipwall-plain      the same ALG and config without [media] (only for the setup delay)
+
+Peers: sipp with `labs/sipp/uac_sdp_ports.xml` (the reference uac_sdp.xml offering a media
+port of its own per call, `[auto_media_port]`: one inside endpoint maps into one call at
+a time) and `uas_sdp.xml`; `-t u1`, `-buff_size 4194304`, 1 s calls, 8 s recv timeout.
+Every proxy gets the same scenario.
+
+1. Calls/sec. Each step places rate x seconds calls and waits for the UAC to finish them;
+   pass = failed calls < 0.1 %, achieved >= 0.97 x target, proxy (and agent) alive.
+   sipwall-anchored steps 25, 50, 100, 200, ... to its first failure, then up to three
+   steps between the last pass and it (P x 2^(k/4)); proxy, agent and UAS are restarted
+   after a failing step. Between steps the run waits until ALG and agent are idle and the
+   agent holds nothing (`held` = bindings + rules still held then). Kamailio (its maximum
+   is sipp-bound, several thousand cps) steps 1000, 2000, 4000, 8000 to its first failure
+   plus one step between; `--kamailio-cps N` takes N instead of measuring it.
+   CPU per call = utime + stime of the ALG and the agent (with its counter worker) over
+   the step / calls, from /proc; the figure reported is the one at the highest pass.
+2. Setup delay. sipwall-plain and sipwall-anchored alternately (`--pdd-rounds`) at the
+   same moderate rate (`--pdd-rate`, default 25 cps), with dumpcap (kernel timestamps) on
+   the UAC's interface and on both gw interfaces. Per call (matched by the caller's From
+   tag, which the ALG keeps): INVITE->180 (post-dial delay) and INVITE->200 at the UAC,
+   and the time each message spent inside the gw (in on one interface, out on the other):
+   INVITE (held for the reservation), 180, 200 (held for the enable). The anchoring cost
+   is anchored minus plain, percentile by percentile (the runs are not paired call by
+   call): anchoring_pdd_* on INVITE->180, anchoring_answer_* on INVITE->200.
+
+Table columns: achieved cps; calls placed; failed calls (and %); retrans = sipp UAC
+retransmissions; unexp = unexpected/dead-call/out-of-call messages at the UAC; alg and
+agent = cores (CPU / wall) of the ALG (Kamailio: all its processes) and of the agent;
+sipp = UAC + UAS cores; host = busy cores of the whole machine (other engineers' work
+included); gwdrop / peerdrop = UDP RcvbufErrors in the gw / in the uac + uas namespaces;
+us/call = (ALG + agent) CPU per call, agt_us = the agent's share; held = what the agent
+still held after the step settled (failed steps included: a call the ALG gave up on
+keeps its binding until it expires); logerr = new WARNING/ERROR/Traceback lines in the ALG's
+and the agent's logs.
+
+    python bench/alg_cps.py                     # ~8-10 min; LAST line:
+                                                #   alg_cps_anchored_vs_kamailio: <pct> %
+    python bench/alg_cps.py --kamailio-cps 4000 # skip Kamailio's steps
+    python bench/alg_cps.py --quick             # smoke: 20 cps for 3 s, tiny delay run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from labs import anchor_lab, proxy_lab
+from labs.anchor_lab import AnchoredProxy
+from labs.netns import wait_until
+from labs.proxy_lab import Proxy, ProxyLab, SippStats
+
+PREFIX = "swa"
+SCENARIO = proxy_lab.SIPP_DIR / "uac_sdp_ports.xml"
+ANCHORED_LADDER = (25, 50, 100, 200, 400, 800, 1600)
+KAMAILIO_LADDER = (1000, 2000, 4000, 8000)
+REFINE = 3
+MAX_FAILED = 0.001
+MIN_ACHIEVED = 0.97
+PAUSE_MS = 1000
+RECV_TIMEOUT_MS = 8000
+QUARANTINE = 120.0  # the agent's default
+BUDGET = 13 * 60
+LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
+
+
+# -- one step ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    proxy: str
+    rate: int
+    calls: int
+    ok: int
+    achieved: float
+    retrans: int
+    unexpected: int
+    wall: float
+    alg_cpu: float
+    agent_cpu: float
+    sipp_cpu: float
+    host_busy: float
+    gw_drops: int
+    peer_drops: int
+    log_problems: int
+    alive: bool
+    held: int | None = None
+
+    @property
+    def failed(self) -> int:
+        return self.calls - self.ok
+
+    @property
+    def failed_ratio(self) -> float:
+        return self.failed / self.calls if self.calls else 1.0
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.alive
+            and self.failed_ratio < MAX_FAILED
+            and self.achieved >= MIN_ACHIEVED * self.rate
+        )
+
+    @property
+    def us_per_call(self) -> float:
+        return 1e6 * (self.alg_cpu + self.agent_cpu) / self.calls if self.calls else 0.0
+
+    @property
+    def agent_us_per_call(self) -> float:
+        return 1e6 * self.agent_cpu / self.calls if self.calls else 0.0
+
+    def row(self) -> str:
+        held = "-" if self.held is None else str(self.held)
+        return (
+            f"{self.rate:>6} {self.achieved:>9.1f} {self.calls:>7} {self.failed:>7} "
+            f"{100 * self.failed_ratio:>7.2f} {self.retrans:>7} {self.unexpected:>6} "
+            f"{self.alg_cpu / self.wall:>5.2f} {self.agent_cpu / self.wall:>6.2f} "
+            f"{self.sipp_cpu / self.wall:>5.2f} {self.host_busy / self.wall:>5.2f} "
+            f"{self.gw_drops:>7} {self.peer_drops:>8} {self.us_per_call:>8.0f} "
+            f"{self.agent_us_per_call:>7.0f} {held:>5} {self.log_problems:>6}  "
+            f"{'pass' if self.passed else 'FAIL'}"
+        )
+
+
+HEADER = (
+    f"{'rate':>6} {'achieved':>9} {'calls':>7} {'failed':>7} {'fail%':>7} {'retrans':>7} "
+    f"{'unexp':>6} {'alg':>5} {'agent':>6} {'sipp':>5} {'host':>5} {'gwdrop':>7} "
+    f"{'peerdrop':>8} {'us/call':>8} {'agt_us':>7} {'held':>5} {'logerr':>6}  result"
+)
+
+
+def _log_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _logs(proxy: Proxy) -> list[Path]:
+    logs = [proxy.log]
+    if isinstance(proxy, AnchoredProxy) and proxy.agent is not None:
+        logs.append(proxy.agent.log)
+    return logs
+
+
+def _problems(proxy: Proxy, since: dict[Path, int]) -> list[str]:
+    return [
+        line
+        for log in _logs(proxy)
+        for line in _log_lines(log)[since.get(log, 0) :]
+        if LOG_PROBLEM.search(line)
+    ]
+
+
+def _drops(pl: ProxyLab, ns: str) -> int:
+    return proxy_lab.udp_counters(pl.lab, ns).get("RcvbufErrors", 0)
+
+
+def _split_cpu(proxy: Proxy) -> tuple[float, float]:
+    """(ALG or Kamailio CPU seconds, agent CPU seconds) so far."""
+    if isinstance(proxy, AnchoredProxy):
+        agent = proxy.agent.cpu() if proxy.agent is not None else 0.0
+        return proxy_lab.cpu_seconds(proxy.alg_pids()), agent
+    return proxy.cpu(), 0.0
+
+
+def run_uac(
+    pl: ProxyLab, tag: str, rate: int, calls: int, *, watch: Callable[[], None] | None = None
+) -> tuple[SippStats, float, float]:
+    """One sipp UAC run; (its stats, wall seconds, its CPU seconds)."""
+    stat, err, out = (pl.workdir / f"{tag}-uac{ext}" for ext in (".csv", ".err", ".out"))
+    argv = proxy_lab.sipp_uac_argv(
+        rate,
+        calls,
+        stat,
+        err,
+        pause_ms=PAUSE_MS,
+        recv_timeout_ms=RECV_TIMEOUT_MS,
+        scenario=SCENARIO,
+    )
+    t0 = time.monotonic()
+    uac = proxy_lab.spawn_logged(pl.lab, pl.uac, argv, out)
+    uac_cpu = 0.0
+    limit = t0 + calls / rate + (PAUSE_MS + 2 * RECV_TIMEOUT_MS) / 1000 + 30
+    while uac.poll() is None and time.monotonic() < limit:
+        uac_cpu = max(uac_cpu, proxy_lab.cpu_seconds([uac.pid]))
+        if watch is not None:
+            watch()
+        time.sleep(0.2)
+    if uac.poll() is None:  # never finishing: its unfinished calls count as failed
+        uac.kill()
+        uac.wait()
+    return SippStats.read(stat), time.monotonic() - t0, uac_cpu
+
+
+def run_step(pl: ProxyLab, proxy: Proxy, uas_pids: list[int], rate: int, seconds: float) -> Step:
+    calls = max(1, round(rate * seconds))
+    since = {log: len(_log_lines(log)) for log in _logs(proxy)}
+    drops0 = {ns: _drops(pl, ns) for ns in (pl.gw, pl.uac, pl.uas)}
+    idle0 = proxy_lab.host_idle_seconds()
+    (alg0, agent0), uas0 = _split_cpu(proxy), proxy_lab.cpu_seconds(uas_pids)
+    stats, wall, uac_cpu = run_uac(pl, f"{proxy.name}-{rate}", rate, calls)
+    alg1, agent1 = _split_cpu(proxy)
+    dropped = {ns: _drops(pl, ns) - n for ns, n in drops0.items()}
+    created_by = stats.time_to_create(calls)
+    ok = stats.last("SuccessfulCall(C)")
+    return Step(
+        proxy=proxy.name,
+        rate=rate,
+        calls=calls,
+        ok=ok,
+        achieved=ok / created_by if created_by else 0.0,
+        retrans=stats.last("Retransmissions(C)"),
+        unexpected=stats.last("FailedUnexpectedMessage(C)")
+        + stats.last("DeadCallMsgs(C)")
+        + stats.last("OutOfCallMsgs(C)"),
+        wall=wall,
+        alg_cpu=alg1 - alg0,
+        agent_cpu=agent1 - agent0,
+        sipp_cpu=uac_cpu + proxy_lab.cpu_seconds(uas_pids) - uas0,
+        host_busy=(os.cpu_count() or 1) * wall - (proxy_lab.host_idle_seconds() - idle0),
+        gw_drops=dropped[pl.gw],
+        peer_drops=dropped[pl.uac] + dropped[pl.uas],
+        log_problems=len(_problems(proxy, since)),
+        alive=proxy.alive(),
+    )
+
+
+def settle(proxy: Proxy, idle_cores: float = 0.05, timeout: float = 15) -> None:
+    """Until the proxy (and agent) worked off a backlog: CPU below `idle_cores` for 0.5 s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proxy.alive():
+        c0 = proxy.cpu()
+        time.sleep(0.5)
+        if proxy.cpu() - c0 <= idle_cores * 0.5:
+            return
+
+
+def held_after(pl: ProxyLab, proxy: Proxy, timeout: float = 10) -> int | None:
+    """Bindings + rules the agent still holds once the calls are over (waits up to
+    `timeout` for the releases to land); None without an agent or if it does not answer."""
+    if not isinstance(proxy, AnchoredProxy) or proxy.agent is None or not proxy.agent.alive():
+        return None
+    deadline = time.monotonic() + timeout
+    held = -1
+    while time.monotonic() < deadline:
+        try:
+            held = sum(anchor_lab.holdings(pl).values())
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired):
+            return None
+        if held == 0:
+            break
+        time.sleep(0.5)
+    return held
+
+
+# -- the proxies -------------------------------------------------------------------------
+
+
+def _starter(name: str, quarantine: float) -> Callable[[ProxyLab], Proxy]:
+    if name == "kamailio":
+        return proxy_lab.start_kamailio
+    media = name == "sipwall-anchored"
+
+    def start(pl: ProxyLab) -> Proxy:
+        return anchor_lab.start_anchored_sipwall(pl, media=media, quarantine=quarantine)
+
+    return start
+
+
+@dataclass
+class Peers:
+    """The proxy under test (with its agent) and the sipp UAS, (re)started together."""
+
+    pl: ProxyLab
+    name: str
+    start_proxy: Callable[[ProxyLab], Proxy]
+    spawned: list[int]
+    proxy: Proxy | None = None
+    uas: subprocess.Popen[str] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self) -> Proxy:
+        out = self.pl.workdir / f"{self.name}-uas.out"
+        argv = proxy_lab.sipp_uas_argv(self.pl.workdir / f"{self.name}-uas.csv")
+        self.uas = proxy_lab.spawn_logged(self.pl.lab, self.pl.uas, argv, out)
+        self.spawned.append(self.uas.pid)
+        proxy_lab.wait_listening(self.pl, self.uas, self.pl.uas, [proxy_lab.UAS_ADDR], out)
+        self.proxy = self.start_proxy(self.pl)
+        self.spawned.extend(self.proxy.pids())
+        self.logs.extend(p for p in _logs(self.proxy) if p not in self.logs)
+        return self.proxy
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
+            code = self.proxy.proc.returncode
+            if code not in (0, -signal.SIGTERM):
+                print(f"  {self.name} (pid {self.proxy.main_pid}) exited with {code}", flush=True)
+        if self.uas is not None:
+            anchor_lab.stop_quietly(self.uas)
+        self.proxy = self.uas = None
+
+
+@dataclass
+class Leftover:
+    bindings: int | None = None
+    rules: int | None = None
+    nft_elements: int | None = None
+
+
+def bench_proxy(
+    pl: ProxyLab,
+    name: str,
+    *,
+    ladder: Sequence[int],
+    refine: int,
+    seconds: float,
+    started: float,
+    spawned: list[int],
+    quarantine: float,
+    leftover: Leftover | None = None,
+) -> list[Step]:
+    peers = Peers(pl, name, _starter(name, quarantine), spawned)
+    steps: list[Step] = []
+    try:
+        proxy = peers.start()
+        print(f"\n== {name} (pid {proxy.main_pid}, processes {len(proxy.pids())}) ==", flush=True)
+        print(HEADER, flush=True)
+
+        def step(rate: int) -> bool:
+            if time.monotonic() - started > BUDGET:
+                print(f"  (time budget reached: {name} not stepped to {rate} cps)", flush=True)
+                return False
+            if peers.proxy is None or peers.uas is None:
+                peers.start()
+            assert peers.proxy is not None and peers.uas is not None
+            s = run_step(pl, peers.proxy, [peers.uas.pid], rate, seconds)
+            settle(peers.proxy)
+            s = Step(**{**s.__dict__, "held": held_after(pl, peers.proxy)})
+            steps.append(s)
+            print(s.row(), flush=True)
+            if leftover is not None and s.held is not None:  # what the last step left
+                hold = anchor_lab.holdings(pl)
+                leftover.bindings, leftover.rules = hold["bindings"], hold["rules"]
+                leftover.nft_elements = anchor_lab.table_elements(pl)
+            if not s.passed:
+                peers.stop()
+            return s.passed
+
+        passed: list[int] = []
+        failed_at: int | None = None
+        for rate in ladder:
+            if not step(rate):
+                failed_at = rate
+                break
+            passed.append(rate)
+        if failed_at is not None and passed:
+            last = passed[-1]
+            between = [round(last * 2 ** (k / (refine + 1))) for k in range(1, refine + 1)]
+            for rate in [r for r in between if last < r < failed_at]:
+                if not step(rate):
+                    break
+    finally:
+        peers.stop()
+    report_log_problems(name, peers.logs)
+    return steps
+
+
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+\s+")
+
+
+def report_log_problems(name: str, logs: list[Path], top: int = 8) -> None:
+    """The distinct WARNING/ERROR lines of the logs (timestamps and numbers dropped), most
+    frequent first, and the last line of each distinct traceback (the exception)."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for log in logs:
+        lines = _log_lines(log)
+        for i, line in enumerate(lines):
+            if not LOG_PROBLEM.search(line):
+                continue
+            total += 1
+            if line.startswith("Traceback"):
+                j = i + 1
+                while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j]):
+                    j += 1
+                last = lines[j] if j < len(lines) else "?"
+                counts[f"{log.name}: Traceback ... {last[:100]}"] += 1
+            else:
+                text = re.sub(r"\d+", "N", _STAMP.sub("", line))[:130]
+                counts[f"{log.name}: {text}"] += 1
+    if counts:
+        print(
+            f"  {name} logs: {total} warning/error/traceback lines; distinct, most frequent first:"
+        )
+        for text, n in counts.most_common(top):
+            print(f"    {n:>6} x {text}")
+
+
+def best(steps: list[Step]) -> Step | None:
+    ok = [s for s in steps if s.passed]
+    return max(ok, key=lambda s: s.rate) if ok else None
+
+
+# -- setup delay -------------------------------------------------------------------------
+
+
+@dataclass
+class Delays:
+    """Per-call milliseconds of one proxy's delay runs."""
+
+    pdd: list[float] = field(default_factory=list)  # INVITE -> 180 at the UAC
+    answer: list[float] = field(default_factory=list)  # INVITE -> 200 at the UAC
+    gw_invite: list[float] = field(default_factory=list)  # INVITE in gw-in -> out gw-out
+    gw_180: list[float] = field(default_factory=list)
+    gw_200: list[float] = field(default_factory=list)
+    uas: list[float] = field(default_factory=list)  # INVITE out gw-out -> 200 in gw-out
+    calls: int = 0
+    failed: int = 0
+    alg_cpu: float = 0.0
+    agent_cpu: float = 0.0
+
+    def series(self) -> dict[str, list[float]]:
+        return {
+            "INVITE->180 at UAC (PDD)": self.pdd,
+            "INVITE->200 at UAC": self.answer,
+            "INVITE inside gw": self.gw_invite,
+            "180 inside gw": self.gw_180,
+            "200 inside gw": self.gw_200,
+            "UAS (gw-out INVITE->200)": self.uas,
+        }
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+Times = dict[tuple[str, str], float]
+
+
+def _gaps(a: Times, ea: str, b: Times, eb: str) -> list[float]:
+    """Milliseconds from event `ea` in `a` to event `eb` in `b`, call by call (From tag)."""
+    return [1000 * (b[(tag, eb)] - t) for (tag, e), t in a.items() if e == ea and (tag, eb) in b]
+
+
+def delay_run(
+    pl: ProxyLab,
+    name: str,
+    *,
+    rate: int,
+    seconds: float,
+    spawned: list[int],
+    into: Delays,
+    rnd: int,
+) -> None:
+    peers = Peers(pl, name, _starter(name, QUARANTINE), spawned)
+    caps: list[tuple[subprocess.Popen[str], Path]] = []
+    try:
+        proxy = peers.start()
+        tag = f"pdd-{name}-{rnd}"
+        caps = [
+            anchor_lab.start_capture(pl, pl.uac, "in0", tag),
+            anchor_lab.start_capture(pl, pl.gw, "gw-in", tag),
+            anchor_lab.start_capture(pl, pl.gw, "gw-out", tag),
+        ]
+        spawned.extend(proc.pid for proc, _ in caps)
+        calls = max(1, round(rate * seconds))
+        alg0, agent0 = _split_cpu(proxy)
+        stats, _, _ = run_uac(pl, f"{tag}", rate, calls)
+        alg1, agent1 = _split_cpu(proxy)
+        into.calls += calls
+        into.failed += calls - stats.last("SuccessfulCall(C)")
+        into.alg_cpu += alg1 - alg0
+        into.agent_cpu += agent1 - agent0
+        settle(proxy)
+    finally:
+        for proc, _ in caps:
+            anchor_lab.stop_quietly(proc)
+        peers.stop()
+    uac = anchor_lab.first_times(anchor_lab.read_pcap(caps[0][1]))
+    gw_in = anchor_lab.first_times(anchor_lab.read_pcap(caps[1][1]))
+    gw_out = anchor_lab.first_times(anchor_lab.read_pcap(caps[2][1]))
+    into.pdd += _gaps(uac, "INVITE", uac, "180")
+    into.answer += _gaps(uac, "INVITE", uac, "200")
+    into.gw_invite += _gaps(gw_in, "INVITE", gw_out, "INVITE")
+    into.gw_180 += _gaps(gw_out, "180", gw_in, "180")
+    into.gw_200 += _gaps(gw_out, "200", gw_in, "200")
+    into.uas += _gaps(gw_out, "INVITE", gw_out, "200")
+
+
+def delay_report(results: dict[str, Delays]) -> list[str]:
+    lines = [
+        f"{'':<26} {'mode':<9} {'n':>6} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    ]
+    for label in Delays().series():
+        for mode, d in results.items():
+            v = d.series()[label]
+            lines.append(
+                f"{label:<26} {mode:<9} {len(v):>6} {pct(v, 50):>8.3f} {pct(v, 90):>8.3f} "
+                f"{pct(v, 99):>8.3f} {max(v, default=float('nan')):>8.3f}"
+            )
+    for mode, d in results.items():
+        us = 1e6 / d.calls if d.calls else 0.0
+        lines.append(
+            f"{mode}: {d.calls} calls, {d.failed} failed; CPU per call: ALG "
+            f"{d.alg_cpu * us:.0f} us, agent {d.agent_cpu * us:.0f} us"
+        )
+    return lines
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def leftovers(namespaces: list[str], pids: list[int]) -> list[str]:
+    present = set(
+        subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    found = [f"namespace {ns}" for ns in namespaces if ns in present]
+    found += [f"pid {pid}" for pid in pids if os.path.exists(f"/proc/{pid}")]
+    return found
+
+
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt
+
+
+def _load() -> str:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke: 20 cps for 3 s, no Kamailio")
+    parser.add_argument("--kamailio-cps", type=int, help="Kamailio's max cps, known: not measured")
+    parser.add_argument("--rates", help="comma-separated anchored rates instead of the ladder")
+    parser.add_argument("--kamailio-rates", help="comma-separated Kamailio rates")
+    parser.add_argument("--step-seconds", type=float, help="seconds per step (default 10)")
+    parser.add_argument("--pdd-rate", type=int, default=25, help="cps of the delay runs")
+    parser.add_argument("--pdd-seconds", type=float, default=20, help="seconds per delay run")
+    parser.add_argument("--pdd-rounds", type=int, default=2, help="plain/anchored alternations")
+    parser.add_argument(
+        "--quarantine", type=float, default=QUARANTINE, help="agent port quarantine"
+    )
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy the run's logs, stats, pcaps here")
+    args = parser.parse_args(argv)
+    for tool in ("sipp", "dumpcap", *(["kamailio"] if args.kamailio_cps is None else [])):
+        if shutil.which(tool) is None and not (tool == "kamailio" and args.quick):
+            print(f"{tool} not found (Debian: sip-tester, kamailio, wireshark-common)")
+            return 2
+    seconds = args.step_seconds or (3.0 if args.quick else 10.0)
+    ladder: tuple[int, ...] = (20,) if args.quick else ANCHORED_LADDER
+    if args.rates:
+        ladder = tuple(int(r) for r in args.rates.split(","))
+    kam_ladder: tuple[int, ...] = KAMAILIO_LADDER
+    if args.kamailio_rates:
+        kam_ladder = tuple(int(r) for r in args.kamailio_rates.split(","))
+    pdd_rate, pdd_seconds, rounds = args.pdd_rate, args.pdd_seconds, args.pdd_rounds
+    if args.quick:
+        pdd_rate, pdd_seconds, rounds = 20, 2.0, 1
+    run_kamailio = args.kamailio_cps is None and not args.quick
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    results: dict[str, list[Step]] = {}
+    delays = {"plain": Delays(), "anchored": Delays()}
+    left = Leftover()
+    spawned: list[int] = []
+    namespaces: list[str] = []
+    print(f"load average at start: {_load()} ({os.cpu_count()} cores)", flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="sipwall-alg-cps-") as tmp:
+            workdir = Path(tmp)
+            try:
+                with proxy_lab.proxy_lab(PREFIX, workdir) as pl:
+                    namespaces = list(pl.lab.namespaces)
+                    print(f"lab: {' '.join(namespaces)}; {seconds:g} s per step", flush=True)
+                    results["sipwall-anchored"] = bench_proxy(
+                        pl,
+                        "sipwall-anchored",
+                        ladder=ladder,
+                        refine=0 if args.quick else REFINE,
+                        seconds=seconds,
+                        started=started,
+                        spawned=spawned,
+                        quarantine=args.quarantine,
+                        leftover=left,
+                    )
+                    if run_kamailio:
+                        results["kamailio"] = bench_proxy(
+                            pl,
+                            "kamailio",
+                            ladder=kam_ladder,
+                            refine=1,
+                            seconds=seconds,
+                            started=started,
+                            spawned=spawned,
+                            quarantine=args.quarantine,
+                        )
+                    print(
+                        f"\n== setup delay: {pdd_rate} cps x {pdd_seconds:g} s, "
+                        f"{rounds} round(s) of plain then anchored; load {_load()} ==",
+                        flush=True,
+                    )
+                    for rnd in range(rounds):
+                        for mode in ("plain", "anchored"):
+                            delay_run(
+                                pl,
+                                f"sipwall-{mode}",
+                                rate=pdd_rate,
+                                seconds=pdd_seconds,
+                                spawned=spawned,
+                                into=delays[mode],
+                                rnd=rnd,
+                            )
+                    spawned.extend(p.pid for p in pl.lab.processes)
+            finally:
+                if args.keep_logs:
+                    shutil.copytree(workdir, args.keep_logs, dirs_exist_ok=True)
+    except KeyboardInterrupt:
+        print("interrupted: lab removed", file=sys.stderr)
+        return 130
+    wait_until(lambda: not leftovers(namespaces, spawned), timeout=5, what="lab cleanup")
+    for line in delay_report(delays):
+        print(line)
+    pids = " ".join(map(str, dict.fromkeys(spawned)))
+    print(f"\nlab removed: namespaces {' '.join(namespaces)}; pids {pids}")
+    print(
+        f"anchored_leftover: bindings {left.bindings} rules {left.rules} "
+        f"nft_elements {left.nft_elements}"  # after the last anchored step, before stopping
+    )
+    print(f"total {time.monotonic() - started:.0f} s; load average at end: {_load()}")
+    for line in summary(results, delays, args.kamailio_cps):
+        print(line)
+    return 0
+
+
+def summary(
+    results: dict[str, list[Step]], delays: dict[str, Delays], kamailio_cps: int | None
+) -> list[str]:
+    lines = []
+    top = best(results.get("sipwall-anchored", []))
+    lines.append(f"sipwall_anchored_max_cps: {top.rate if top else 0}")
+    if top:
+        alg_us = top.us_per_call - top.agent_us_per_call
+        lines.append(
+            f"sipwall_anchored_cpu_split_us_per_call: alg {alg_us:.0f} + agent "
+            f"{top.agent_us_per_call:.0f} (at {top.rate} cps)"
+        )
+        lines.append(f"sipwall_anchored_cpu_us_per_call: {top.us_per_call:.0f}")
+    else:
+        lines.append("sipwall_anchored_cpu_us_per_call: n/a")
+    kam_rate: int | None = kamailio_cps
+    if kam_rate is None and "kamailio" in results:
+        kam = best(results["kamailio"])
+        kam_rate = kam.rate if kam else None
+        kam_note = "measured, this run"
+    else:
+        kam_note = "given by --kamailio-cps" if kam_rate else "not measured"
+    lines.append(f"kamailio_max_cps: {kam_rate if kam_rate else 'n/a'} ({kam_note})")
+    plain, anchored = delays["plain"], delays["anchored"]
+    for key, attr in (("answer", "answer"), ("pdd", "pdd")):
+        a, p = getattr(anchored, attr), getattr(plain, attr)
+        for q in (50, 99):
+            diff = pct(a, q) - pct(p, q)
+            lines.append(
+                f"anchoring_{key}_p{q}_ms: {diff:.3f} (anchored {pct(a, q):.3f} - "
+                f"plain {pct(p, q):.3f})"
+            )
+    if top and kam_rate:
+        lines.append(f"alg_cps_anchored_vs_kamailio: {100 * top.rate / kam_rate:.1f} %")
+    else:
+        lines.append("alg_cps_anchored_vs_kamailio: n/a (needs kamailio's max cps)")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
