@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 import struct
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from filter_agent.conntrack import PyrouteConntrackFlusher
 from filter_agent.driver import parse_element
 from filter_agent.engine import FlowMatch
 from filter_agent.latch_plan import NETLINK_NETFILTER, NLMSG_ERROR, table_query
 from filter_agent.plan import COUNTED_SETS, Element, TableSpec
+
+log = logging.getLogger("sipwall.agent.conntrack")
 
 
 class TableProbe:
@@ -84,11 +88,28 @@ def element_reader(spec: TableSpec | None = None) -> Callable[[], list[Element]]
 
 
 class ConntrackFlush:
-    """The engine's `ConntrackFlusher` for this process's namespace (the count the pyroute2
-    flusher returns is only logged)."""
+    """The engine's `ConntrackFlusher` for this process's namespace.
+
+    pyroute2 0.9's Conntrack drives its own asyncio loop underneath, which cannot run in
+    the agent's event-loop thread ("This event loop is already running"), so flushes run
+    on one worker thread, in order. The forward chain already drops a released flow per
+    packet; the flush removes its NAT state within milliseconds."""
 
     def __init__(self) -> None:
         self._inner = PyrouteConntrackFlusher()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conntrack")
 
     def flush(self, flows: Sequence[FlowMatch]) -> None:
-        self._inner.flush(flows)
+        future = self._worker.submit(self._inner.flush, list(flows))
+        future.add_done_callback(_report_flush)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+
+def _report_flush(future: Future[int]) -> None:
+    error = future.exception()
+    if error is not None:
+        log.error("conntrack flush failed: %s", error)
+    else:
+        log.debug("conntrack: %d entries deleted", future.result())

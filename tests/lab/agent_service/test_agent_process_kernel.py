@@ -11,6 +11,7 @@ the moment of the change, never by sleeping.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -59,6 +60,33 @@ def test_stream_flows_only_after_reserve_and_enable_and_stops_on_release(agent_l
     assert {p.tag for p in got} == {"s"}  # nothing before the rule
     assert max(p.t for p in got) <= released + 1.0  # established flow cut within 1 s
     assert lab.nft("list", "set", "inet", "sipwall", "in4").stdout.count("elements") == 0
+    # the release also deleted the flow's conntrack entry (its DNAT to the inside host);
+    # packets sent after it create fresh, un-NATed entries, which do not count
+    assert nated_entries(lab, port) == 0
+
+
+def nated_entries(lab: Any, port: int) -> int:
+    listing = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.g.gw,
+            "conntrack",
+            "-L",
+            "-p",
+            "udp",
+            "--orig-port-dst",
+            str(port),
+            "--reply-src",
+            INSIDE,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return len([line for line in listing.stdout.splitlines() if line.strip()])
 
 
 def test_forged_and_unowned_requests_are_refused(agent_lab: Any) -> None:
