@@ -52,6 +52,53 @@ def in_ns(lab: AgentLab, ns: str, *command: str, **kw: object) -> subprocess.Pop
     return subprocess.Popen(["ip", "netns", "exec", ns, *command], cwd=lab.workdir, **kw)  # type: ignore[call-overload]
 
 
+def outside_phone(
+    lab: AgentLab, scenario: str, *, calls: int = 1, trace: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The outside callee (sipp at 203.0.113.20); `trace` keeps every message it saw."""
+    argv = [
+        "sipp",
+        "-sf",
+        str(SIPP / scenario),
+        "-i",
+        "203.0.113.20",
+        "-p",
+        "5060",
+        "-m",
+        str(calls),
+        "-nostdin",
+    ]
+    if trace is not None:
+        argv += ["-trace_msg", "-message_file", str(trace)]
+    return in_ns(lab, lab.g.outside, *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def inside_phone(
+    lab: AgentLab, scenario: str, *, pause_ms: int | None = None
+) -> subprocess.Popen[bytes]:
+    """One call from the inside caller (sipp at 10.77.0.10) through the ALG."""
+    argv = [
+        "sipp",
+        "-sf",
+        str(SIPP / scenario),
+        "203.0.113.20:5060",
+        "-rsa",
+        "10.77.0.1:5060",
+        "-i",
+        "10.77.0.10",
+        "-p",
+        "5060",
+        "-m",
+        "1",
+        "-s",
+        "bob",
+        "-nostdin",
+    ]
+    if pause_ms is not None:
+        argv += ["-d", str(pause_ms)]
+    return in_ns(lab, lab.g.inside, *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def test_anchored_calls_hide_the_inside_and_release_everything(agent_lab: AgentLab) -> None:
     lab = agent_lab
     log = (lab.workdir / "alg.log").open("wb")
@@ -71,24 +118,8 @@ def test_anchored_calls_hide_the_inside_and_release_everything(agent_lab: AgentL
     try:
         assert alg.stdout is not None
         assert b"ready" in alg.stdout.readline(), (lab.workdir / "alg.log").read_text()
-        uas = in_ns(
-            lab,
-            lab.g.outside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uas_sdp_anchored.xml"),
-            "-i",
-            "203.0.113.20",
-            "-p",
-            "5060",
-            "-m",
-            "3",
-            "-nostdin",
-            "-trace_msg",
-            "-message_file",
-            str(lab.workdir / "uas-messages.log"),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        uas = outside_phone(
+            lab, "uas_sdp_anchored.xml", calls=3, trace=lab.workdir / "uas-messages.log"
         )
         uac = subprocess.run(
             [
@@ -182,48 +213,8 @@ def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: Ag
     try:
         assert alg.stdout is not None
         assert b"ready" in alg.stdout.readline()
-        uas = in_ns(
-            lab,
-            g.outside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uas_sdp_anchored_media.xml"),
-            "-i",
-            "203.0.113.20",
-            "-p",
-            "5060",
-            "-m",
-            "1",
-            "-nostdin",
-            "-trace_msg",
-            "-message_file",
-            str(messages),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        uac = in_ns(
-            lab,
-            g.inside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uac_sdp_media.xml"),
-            "203.0.113.20:5060",
-            "-rsa",
-            "10.77.0.1:5060",
-            "-i",
-            "10.77.0.10",
-            "-p",
-            "5060",
-            "-m",
-            "1",
-            "-d",
-            "10000",
-            "-s",
-            "bob",
-            "-nostdin",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
+        uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=10000)
         wait_until(lambda: _public_media_port(messages) is not None, 10, what="offer seen")
         port = _public_media_port(messages)
         assert port is not None
@@ -326,22 +317,7 @@ def test_busy_and_cancelled_calls_leave_no_binding(
     alg, log = _start_alg(lab)
     uas = None
     try:
-        uas = in_ns(
-            lab,
-            lab.g.outside,
-            "sipp",
-            "-sf",
-            str(SIPP / callee),
-            "-i",
-            "203.0.113.20",
-            "-p",
-            "5060",
-            "-m",
-            "2",
-            "-nostdin",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        uas = outside_phone(lab, callee, calls=2)
         uac = subprocess.run(
             [
                 "ip",
@@ -410,48 +386,8 @@ def test_outside_link_never_carries_an_inside_address_and_media_survives_the_age
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
     try:
-        uas = in_ns(
-            lab,
-            g.outside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uas_sdp_anchored_media.xml"),
-            "-i",
-            "203.0.113.20",
-            "-p",
-            "5060",
-            "-m",
-            "1",
-            "-nostdin",
-            "-trace_msg",
-            "-message_file",
-            str(messages),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        uac = in_ns(
-            lab,
-            g.inside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uac_sdp_media.xml"),
-            "203.0.113.20:5060",
-            "-rsa",
-            "10.77.0.1:5060",
-            "-i",
-            "10.77.0.10",
-            "-p",
-            "5060",
-            "-m",
-            "1",
-            "-d",
-            "12000",
-            "-s",
-            "bob",
-            "-nostdin",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
+        uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=12000)
         wait_until(
             lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
             10,
@@ -526,48 +462,8 @@ def test_a_dead_alg_leaves_nothing_open_once_the_lifetime_runs_out(agent_lab: Ag
     try:
         assert alg.stdout is not None
         assert b"ready" in alg.stdout.readline()
-        uas = in_ns(
-            lab,
-            g.outside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uas_sdp_anchored_media.xml"),
-            "-i",
-            "203.0.113.20",
-            "-p",
-            "5060",
-            "-m",
-            "1",
-            "-nostdin",
-            "-trace_msg",
-            "-message_file",
-            str(messages),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        uac = in_ns(
-            lab,
-            g.inside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uac_sdp_media.xml"),
-            "203.0.113.20:5060",
-            "-rsa",
-            "10.77.0.1:5060",
-            "-i",
-            "10.77.0.10",
-            "-p",
-            "5060",
-            "-m",
-            "1",
-            "-d",
-            "300000",
-            "-s",
-            "bob",
-            "-nostdin",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
+        uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=300000)
         wait_until(
             lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
             10,
@@ -623,46 +519,8 @@ def test_hold_and_resume_keep_the_binding_and_media_flows_again(agent_lab: Agent
         return [port for port in ports if port != 17000]
 
     try:
-        uas = in_ns(
-            lab,
-            g.outside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uas_hold_resume.xml"),
-            "-i",
-            "203.0.113.20",
-            "-p",
-            "5060",
-            "-m",
-            "1",
-            "-nostdin",
-            "-trace_msg",
-            "-message_file",
-            str(messages),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        uac = in_ns(
-            lab,
-            g.inside,
-            "sipp",
-            "-sf",
-            str(SIPP / "uac_hold_resume.xml"),
-            "203.0.113.20:5060",
-            "-rsa",
-            "10.77.0.1:5060",
-            "-i",
-            "10.77.0.10",
-            "-p",
-            "5060",
-            "-m",
-            "1",
-            "-s",
-            "bob",
-            "-nostdin",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        uas = outside_phone(lab, "uas_hold_resume.xml", trace=messages)
+        uac = inside_phone(lab, "uac_hold_resume.xml")
         wait_until(lambda: acks() >= 2, 15, what="on hold (second ACK)")
         assert b"a=sendonly" in messages.read_bytes()
         assert _kernel_elements(lab, "dnat4") >= 1  # hold keeps the binding
