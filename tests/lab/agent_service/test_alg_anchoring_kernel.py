@@ -549,3 +549,41 @@ def test_hold_and_resume_keep_the_binding_and_media_flows_again(agent_lab: Agent
     finally:
         _stop(alg, uas, uac)
         log.close()
+
+
+def test_a_firewall_reload_mid_call_is_repaired_and_media_resumes(agent_lab: AgentLab) -> None:
+    from labs.traffic import now
+
+    lab, g = agent_lab, agent_lab.g
+    alg, log = _start_alg(lab)
+    uas = uac = None
+    messages = lab.workdir / "uas-messages.log"
+    try:
+        uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
+        uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=12000)
+        wait_until(
+            lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
+            10,
+            what="call answered",
+        )
+        port = _public_media_port(messages)
+        assert port is not None
+        rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=8)
+        tx = lab.send(
+            g.outside, "203.0.113.20", 17000, "203.0.113.1", port, tag="f", count=600, interval=0.01
+        )
+        wait_until(lambda: len(rx.packets()) >= 20, 5, what="media flowing")
+        # an operator reloads the host firewall: every table, ours included, is gone
+        assert lab.nft("flush", "ruleset").returncode == 0
+        flushed = now()
+        wait_until(lambda: _kernel_elements(lab, "dnat4") >= 1, 5, what="table rebuilt")
+        rebuilt = now()
+        tx.wait()
+        rx.wait()
+        after = [p for p in rx.packets() if p.t > rebuilt + 0.5]
+        assert rebuilt - flushed <= 1.5  # the agent noticed and rebuilt within a second or so
+        assert len(after) >= 100, "media did not resume after the rebuild"
+        assert uac.wait(timeout=30) == 0
+    finally:
+        _stop(alg, uas, uac)
+        log.close()
