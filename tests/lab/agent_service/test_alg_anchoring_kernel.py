@@ -191,6 +191,19 @@ def _public_media_port(messages: Path) -> int | None:
     return None
 
 
+def _await_answer(messages: Path) -> int:
+    """Wait until the outside phone saw the caller's ACK (the answer was relayed, so the
+    rules are enabled); the public port it was offered (the agent's binding)."""
+    wait_until(
+        lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
+        10,
+        what="call answered",
+    )
+    port = _public_media_port(messages)
+    assert port is not None
+    return port
+
+
 def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: AgentLab) -> None:
     from labs.traffic import now
 
@@ -215,11 +228,7 @@ def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: Ag
         assert b"ready" in alg.stdout.readline()
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=10000)
-        wait_until(lambda: _public_media_port(messages) is not None, 10, what="offer seen")
-        port = _public_media_port(messages)
-        assert port is not None
-        # the answer has been relayed (rules enabled) once the caller's ACK reached the callee
-        wait_until(lambda: b"ACK sip:" in messages.read_bytes(), 10, what="call answered")
+        port = _await_answer(messages)
 
         # inbound: the callee's media reaches the caller's inside port through the binding
         rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=1.5)
@@ -388,13 +397,7 @@ def test_outside_link_never_carries_an_inside_address_and_media_survives_the_age
     try:
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=12000)
-        wait_until(
-            lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
-            10,
-            what="call answered",
-        )
-        port = _public_media_port(messages)
-        assert port is not None
+        port = _await_answer(messages)
         # media both ways while the agent is killed: the kernel keeps forwarding
         rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=4)
         tx = lab.send(
@@ -464,14 +467,8 @@ def test_a_dead_alg_leaves_nothing_open_once_the_lifetime_runs_out(agent_lab: Ag
         assert b"ready" in alg.stdout.readline()
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=300000)
-        wait_until(
-            lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
-            10,
-            what="call answered",
-        )
+        port = _await_answer(messages)
         answered = now()
-        port = _public_media_port(messages)
-        assert port is not None
         assert b"Session-Expires: 90" in messages.read_bytes()  # inserted by the ALG
         rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=120)
         tx = lab.send(
@@ -561,13 +558,7 @@ def test_a_firewall_reload_mid_call_is_repaired_and_media_resumes(agent_lab: Age
     try:
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=12000)
-        wait_until(
-            lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
-            10,
-            what="call answered",
-        )
-        port = _public_media_port(messages)
-        assert port is not None
+        port = _await_answer(messages)
         rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=8)
         tx = lab.send(
             g.outside, "203.0.113.20", 17000, "203.0.113.1", port, tag="f", count=600, interval=0.01
