@@ -186,6 +186,18 @@ class Engine:
             elements.extend(rule_elements(r, b, timeout_seconds(r.expires_at, now)))
         if elements:
             self.driver.apply(plan_restore(self.spec, elements))
+        # While the table was gone, a packet to a public binding met no DNAT and the kernel
+        # tracked it as traffic to this host (and one from the inside met no SNAT): such
+        # conntrack entries keep that no-NAT decision for as long as packets keep coming,
+        # so the restored elements would never apply to the call's media. Delete every
+        # entry of every live binding; the next packet is classified afresh, through the
+        # rebuilt maps (a still-correct NATed entry costs nothing more than that).
+        flows = [flow for b in self._bindings.values() for flow in _flows(b)]
+        if flows and self.flusher is not None:
+            try:
+                self.flusher.flush(flows)
+            except Exception:  # the table is back; stale entries age out with their flows
+                log.exception("conntrack flush after the rebuild failed")
         return True
 
     # -- queries --------------------------------------------------------------------------
@@ -542,8 +554,12 @@ class Engine:
         self._rules_of.pop(binding_id, None)
 
     def _remove_binding(self, binding: Binding, txn: _Txn, now: float) -> None:
+        # Conntrack: a binding's flows are its rules' flows -- a packet from any other
+        # remote met no pinhole and was dropped before its entry was confirmed -- so each
+        # rule flushes its own, by exact tuple when its remote port is known (one hash
+        # lookup instead of a walk of the whole conntrack table, see conntrack.py).
         for rid in sorted(self._rules_of[binding.id]):
-            self._remove_rule(self._rules[rid], txn, flush=False)
+            self._remove_rule(self._rules[rid], txn)
         alloc = self._allocs[binding.id]
         self._forget_binding(binding.id)
 
@@ -556,7 +572,6 @@ class Engine:
         txn.undo.append(undo)
         txn.after.append(lambda: self.allocator.release(alloc, now))
         txn.change += Change(delete_bindings=(binding,))
-        txn.flows.extend(_flows(binding))
 
     def _put_rule(self, rule: Rule, txn: _Txn) -> None:
         old = self._rules.get(rule.id)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import socket
 import subprocess
 import threading
@@ -290,6 +291,11 @@ class Phone:
 
     def hangup(self) -> None:
         self.command("hangup")
+
+    def registered(self) -> bool:
+        """baresip's `reginfo` lists each account as OK (registered) or zzz (not yet)."""
+        info = re.sub(r"\x1b\[[0-9;]*m", "", str(self.command("reginfo").get("data", "")))
+        return re.search(r"\bOK\b", info) is not None
 
     # recordings
     def heard(self) -> Path | None:

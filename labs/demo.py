@@ -28,7 +28,6 @@ from a later `sipwall lab down` / leftover cleanup — stops it and deletes the 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -466,7 +465,7 @@ class Demo:
         with alice, carol:
             # alice registers as soon as baresip starts, before our control connection
             # exists: ask for the registration state instead of waiting for the event
-            _deadline_poll("alice registered", 15, lambda: _registered(alice))
+            _deadline_poll("alice registered", 15, alice.registered)
             self.say(f"alice registered sip:alice@{DOMAIN} through the ALG")
             self.checkpoint()
             carol_aor = f"sip:carol@{self._lab().address('carol')}"
@@ -480,12 +479,6 @@ class Demo:
         logs = self.lab.dir / "logs"
         if logs.is_dir():
             shutil.copytree(logs, self.out / "logs", dirs_exist_ok=True)
-
-
-def _registered(phone: Phone) -> bool:
-    """baresip's `reginfo` lists each account as OK (registered) or zzz (not yet)."""
-    info = re.sub(r"\x1b\[[0-9;]*m", "", str(phone.command("reginfo").get("data", "")))
-    return re.search(r"\bOK\b", info) is not None
 
 
 # --- the report --------------------------------------------------------------------------

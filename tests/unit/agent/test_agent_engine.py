@@ -255,6 +255,21 @@ def test_reconcile_rebuilds_a_vanished_table() -> None:
     assert without_state(fake.elements()) == before
 
 
+def test_a_rebuild_deletes_the_conntrack_entries_of_every_live_binding() -> None:
+    # entries tracked while the table was gone carry a no-NAT decision (see reconcile)
+    engine, fake, flusher = make()
+    b = reserve(engine, port=4000, lifetime=300)
+    enable(engine, b, lifetime=100)
+    other = reserve(engine, port=4010, group="call2", lifetime=300)
+    fake.delete_table_behind_our_back()
+    assert engine.reconcile(now=0) is True
+    flushed = {(f.internal_port, f.external_port, f.remote_addr) for f in flusher.flows}
+    expected = {
+        (inside, public, None) for binding in (b, other) for inside, public in binding.port_pairs()
+    }
+    assert flushed == expected
+
+
 @pytest.mark.parametrize(
     ("request_", "reason"),
     [
