@@ -54,8 +54,10 @@ def split_commas(value: str) -> list[str]:
     inside `<...>` (a URI may contain commas, RFC 3261 §7.3.1)."""
     if "," not in value:
         return [value.strip(_WS)]
-    if '"' not in value and "<" not in value:
-        return [part.strip(_WS) for part in value.split(",")]
+    if '"' not in value:
+        if "<" not in value:
+            return [part.strip(_WS) for part in value.split(",")]
+        return _split_commas_unquoted(value)
     parts: list[str] = []
     start = 0
     in_quotes = in_angle = False
@@ -79,6 +81,28 @@ def split_commas(value: str) -> list[str]:
             start = i + 1
         i += 1
     parts.append(value[start:].strip(_WS))
+    return parts
+
+
+def _split_commas_unquoted(value: str) -> list[str]:
+    """`split_commas` without quoted strings (Route, Record-Route, Contact lists): a
+    comma separates values unless the last '<' or '>' before it is a '<'. Works piece by
+    piece between commas instead of character by character."""
+    parts: list[str] = []
+    current: list[str] = []
+    in_angle = False
+    for piece in value.split(","):
+        current.append(piece)
+        opening, closing = piece.rfind("<"), piece.rfind(">")
+        if opening > closing:
+            in_angle = True
+        elif closing > opening:
+            in_angle = False
+        if not in_angle:
+            parts.append(",".join(current).strip(_WS))
+            current = []
+    if current:
+        parts.append(",".join(current).strip(_WS))
     return parts
 
 
@@ -227,11 +251,12 @@ class Via:
         return host if self.port is None else f"{host}:{self.port}"
 
 
-def parse_via(value: str) -> Via:
+def _parse_via(value: str) -> Via:
     """One via-parm: `SIP / 2.0 / UDP host[:port] *(; param)`.
 
-    The part before the parameters recurs (one per UA or proxy), the parameters do not
-    (the branch is unique), so the first is memoized and the second parsed each time."""
+    The part before the parameters recurs (one per UA or proxy) and is memoized apart;
+    a whole via-parm recurs within one transaction (the request and each of its
+    responses carry it), which `parse_via` memoizes."""
     semi = value.find(";")
     head, tail = (value, "") if semi < 0 else (value[:semi], value[semi:])
     protocol, transport, host, kind, port = _via_head(head)
@@ -301,8 +326,12 @@ def _check_address_param(value: str, header: str) -> None:
             raise _bad(header) from None
 
 
+def _parse_via_list(value: str) -> tuple[Via, ...]:
+    return tuple(parse_via(part) for part in split_commas(value))
+
+
 def parse_via_list(value: str) -> list[Via]:
-    return [parse_via(part) for part in split_commas(value)]
+    return list(parse_via_tuple(value))
 
 
 # --- name-addr / addr-spec headers: From, To, Contact, Route, Record-Route ... ---------
@@ -341,6 +370,20 @@ class NameAddress:
 
 
 def parse_name_address(value: str, header: str) -> NameAddress:
+    """One name-addr or addr-spec with its parameters. A whole value recurs within a
+    dialog (From and To of every request and response), so successful parses are
+    memoized; the result does not depend on `header`, which only names the fault."""
+    found = _name_addresses.get(value)
+    if found is not None:
+        return found
+    parsed = _parse_name_address(value, header)
+    if len(_name_addresses) >= _PER_DIALOG_CAPACITY:
+        _name_addresses.clear()
+    _name_addresses[value] = parsed
+    return parsed
+
+
+def _parse_name_address(value: str, header: str) -> NameAddress:
     value = value.strip(_WS)
     if not value:
         raise _bad(header)
@@ -424,7 +467,7 @@ class CSeq:
     method: str
 
 
-def parse_cseq(value: str) -> CSeq:
+def _parse_cseq(value: str) -> CSeq:
     parts = value.split()
     if len(parts) != 2 or not parts[0].isdigit() or not parts[0].isascii():
         raise _bad("CSeq")
@@ -489,6 +532,15 @@ def parse_token_list(value: str, header: str) -> tuple[str, ...]:
     return items
 
 
-# A UA's Contact and the body types recur; see alg.sip.memo.
+# A UA's Contact, the body types and CSeq values ("1 INVITE", "2 BYE") recur; see
+# alg.sip.memo.
+parse_cseq = Memo(_parse_cseq)
 parse_contacts = Memo(_parse_contacts)
 parse_media_type = Memo(_parse_media_type)
+# Values that recur within a dialog or a transaction (From, To, Via) are as many as the
+# calls in progress: a larger table, so it is not cleared within a call's lifetime at a
+# few thousand calls per second.
+_PER_DIALOG_CAPACITY: Final = 32768
+_name_addresses: dict[str, NameAddress] = {}
+parse_via = Memo(_parse_via, _PER_DIALOG_CAPACITY)
+parse_via_tuple = Memo(_parse_via_list, _PER_DIALOG_CAPACITY)

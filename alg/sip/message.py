@@ -19,12 +19,15 @@ phrase that names the fault. No input can raise anything else (property-tested).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeVar
 
 from alg.errors import SipParseError
 from alg.sip import headers as h
 from alg.sip.uri import TOKEN_CHARS, Uri, parse_uri
+
+T = TypeVar("T")
 
 DEFAULT_MAX_SIZE: Final = 65_535
 _METHOD_RE: Final = re.compile(rb"[A-Za-z0-9\-.!%*_+`'~]+")
@@ -140,7 +143,7 @@ class SipMessage:
         raw: bytes,
         start_line: RequestLine | StatusLine,
         spans: list[Span],
-        index: dict[str, list[int]],
+        index: dict[str, tuple[int, ...]],
         headers_start: int,
         headers_end: int,
         body_start: int,
@@ -148,7 +151,11 @@ class SipMessage:
     ) -> None:
         self.raw = raw
         self.start_line = start_line
-        self._spans = spans  # HeaderField-shaped plain tuples: 3x cheaper to build
+        # HeaderField-shaped plain tuples (3x cheaper to build than NamedTuples). Tuples
+        # of tuples of atoms, like the index's tuples of ints, are untracked by the
+        # garbage collector: a message kept by a transaction for 32 s (Timer J, L) adds
+        # no container the collector scans again and again.
+        self._spans = tuple(spans)
         self.index = index
         self.headers_start = headers_start  # offset of the first header field line
         self.headers_end = headers_end  # offset of the empty line's CRLF
@@ -227,13 +234,21 @@ class SipMessage:
         spans = self._spans
         return [decode_text(self.field_value(spans[i])) for i in self.index.get(name, ())]
 
+    def _text(self, position: int) -> str:
+        """`decode_text(field_value(...))` of one field, inlined for the unfolded case:
+        every typed view of every message comes through here."""
+        _, _, value_start, line_end, folded = self._spans[position]
+        if folded:
+            return decode_text(self.field_value(self._spans[position]))
+        return self.raw[value_start:line_end].strip(b" \t").decode("utf-8", "surrogateescape")
+
     def _single(self, name: str, display: str) -> str:
         positions = self.index.get(name)
         if not positions:
             raise SipParseError(400, f"Missing {display} header")
         if len(positions) > 1:
             raise SipParseError(400, f"Multiple {display} headers")
-        return decode_text(self.field_value(self._spans[positions[0]]))
+        return self._text(positions[0])
 
     def _joined(self, name: str) -> str:
         """All values of a list header, as one comma-separated value (§7.3.1)."""
@@ -241,8 +256,8 @@ class SipMessage:
         if not positions:
             return ""
         if len(positions) == 1:
-            return decode_text(self.field_value(self._spans[positions[0]]))
-        return ",".join(self.header_values(name))
+            return self._text(positions[0])
+        return ",".join([self._text(position) for position in positions])
 
     # --- typed, lazily parsed views ------------------------------------------------
 
@@ -258,7 +273,7 @@ class SipMessage:
     def _parse_vias(self) -> tuple[h.Via, ...]:
         if "via" not in self.index:
             raise SipParseError(400, "Missing Via header")
-        return tuple(h.parse_via_list(self._joined("via")))
+        return h.parse_via_tuple(self._joined("via"))
 
     @property
     def top_via(self) -> h.Via:
@@ -397,6 +412,16 @@ class SipMessage:
             raise AttributeError("a response has no Request-URI")  # noqa: TRY004
         return parse_uri(line.uri_text)
 
+    def derived(self, key: str, compute: Callable[[SipMessage], T]) -> T:
+        """A value computed from this message once and kept with its parsed views (e.g.
+        the proxy's loop-detection hash, needed for the check and again for the branch)."""
+        cache = self._cache
+        if key in cache:
+            return cache[key]  # type: ignore[return-value]
+        value = compute(self)
+        cache[key] = value
+        return value
+
     def token_list(self, name: str, display: str) -> tuple[str, ...]:
         if name not in self.index:
             return ()
@@ -424,6 +449,21 @@ def _parse_request_line(line: bytes) -> RequestLine:
     return RequestLine(method.decode("ascii"), uri_text, "SIP/2.0")
 
 
+# Start lines recur ("SIP/2.0 180 Ringing", the Request-URIs of the same phones) and
+# parse to immutable values: a bounded table, cleared when full (as alg.sip.memo).
+_START_LINES: dict[bytes, RequestLine | StatusLine] = {}
+_START_LINES_LIMIT: Final = 4096
+
+
+def _parse_start_line(line: bytes) -> RequestLine | StatusLine:
+    is_status = line[:4].upper() == b"SIP/"
+    parsed = _parse_status_line(line) if is_status else _parse_request_line(line)
+    if len(_START_LINES) >= _START_LINES_LIMIT:
+        _START_LINES.clear()
+    _START_LINES[line] = parsed  # errors raise above and are not remembered
+    return parsed
+
+
 def _check_version(version: bytes) -> None:
     upper = version.upper()
     if upper == b"SIP/2.0":
@@ -446,7 +486,7 @@ def _parse_status_line(line: bytes) -> StatusLine:
 
 
 def _split_unfolded(
-    block: bytes, pos: int, fields: list[Span], index: dict[str, list[int]]
+    block: bytes, pos: int, fields: list[Span], index: dict[str, tuple[int, ...]]
 ) -> None:
     """Cut a header block without continuation lines into fields (the common case)."""
     cache = _NAME_CACHE
@@ -459,15 +499,14 @@ def _split_unfolded(
         name = cache.get(raw_name) or canonical_name(raw_name)
         end = pos + len(line)
         positions = index.get(name)
-        if positions is None:
-            index[name] = [len(fields)]
-        else:
-            positions.append(len(fields))
+        index[name] = (len(fields),) if positions is None else (*positions, len(fields))
         append((name, pos, pos + colon + 1, end, False))
         pos = end + 2
 
 
-def _split_folded(block: bytes, pos: int, fields: list[Span], index: dict[str, list[int]]) -> None:
+def _split_folded(
+    block: bytes, pos: int, fields: list[Span], index: dict[str, tuple[int, ...]]
+) -> None:
     """Cut a header block into fields, joining continuation lines (§7.3.1 folding)."""
     lines = block.split(b"\r\n")
     count = len(lines)
@@ -487,10 +526,7 @@ def _split_folded(block: bytes, pos: int, fields: list[Span], index: dict[str, l
             end += 2 + len(lines[i])
             folded = True
         positions = index.get(name)
-        if positions is None:
-            index[name] = [len(fields)]
-        else:
-            positions.append(len(fields))
+        index[name] = (len(fields),) if positions is None else (*positions, len(fields))
         fields.append((name, pos, value_start, end, folded))
         pos = end + 2
         i += 1
@@ -516,13 +552,12 @@ def parse_message(
         raise SipParseError(400, "Missing end of header fields")
     line_end = data.find(b"\r\n", start)
     first = data[start:line_end]
-    if first[:4].upper() == b"SIP/":
-        start_line: RequestLine | StatusLine = _parse_status_line(first)
-    else:
-        start_line = _parse_request_line(first)
+    start_line = _START_LINES.get(first)
+    if start_line is None:
+        start_line = _parse_start_line(first)
 
     fields: list[Span] = []
-    index: dict[str, list[int]] = {}
+    index: dict[str, tuple[int, ...]] = {}
     headers_start = line_end + 2
     if head_end > line_end:
         block = data[headers_start:head_end]
@@ -538,10 +573,11 @@ def parse_message(
             raise SipParseError(400, "Missing Content-Length header")
         length = available
     else:
-        values = {data[fields[i][2] : fields[i][3]].strip() for i in lengths}
-        if len(values) > 1:
-            raise SipParseError(400, "Multiple Content-Length values")  # RFC 4475 §3.3.9
-        value = values.pop()
+        length_field = fields[lengths[0]]
+        value = data[length_field[2] : length_field[3]].strip()
+        for i in lengths[1:]:
+            if data[fields[i][2] : fields[i][3]].strip() != value:
+                raise SipParseError(400, "Multiple Content-Length values")  # RFC 4475 §3.3.9
         if not value.isdigit() or len(value) > 10:
             raise SipParseError(400, "Malformed Content-Length header")  # §3.1.2.3 (ncl)
         length = int(value)
