@@ -5,6 +5,10 @@ stream message goes to `core.receive(...)`; every resulting `Send` leaves from t
 socket of its side (responses to a TCP request go back on the connection it came on,
 RFC 3261 §18.2.2); one `loop.call_at` timer follows `core.get_timer()`. The core never
 blocks, so neither does the shell.
+
+With media anchoring, one task per filter agent keeps its FCP event stream (WatchEvents)
+open and hands every event to the media core's agent pool (`AgentPool.on_event`); a
+stream that breaks counts against that agent's health and is reopened after a backoff.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import ipaddress
 import itertools
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 from alg.cdr import Cdr
 from alg.config import AlgConfig
@@ -25,6 +30,7 @@ from alg.media.perform import AgentApi, perform
 from alg.proxy import ProxyCore
 from alg.proxy_model import SIDES, Endpoint, Send, Side
 from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
+from fcp.types import Event, EventKind, Session
 
 log = logging.getLogger("sipwall.alg.transport")
 
@@ -54,13 +60,67 @@ def _is_address(host: str) -> bool:
     return True
 
 
+@runtime_checkable
+class AgentEvents(Protocol):
+    """The part of `fcp.client.FcpClient` the event watch uses."""
+
+    async def open_session(self, *, deadline: float | None = None) -> Session: ...
+
+    def watch_events(self) -> AsyncIterator[Event]: ...
+
+
+# asyncio reads one datagram per wake-up of the selector: under load every datagram
+# costs an epoll_wait and a trip through the event loop. Having been woken, read what
+# else is queued, up to this many (so timers and the other socket are not starved).
+UDP_READ_BATCH = 32
+UDP_MAX_DATAGRAM = 65_536
+
+
+def _bound_udp_socket(host: str, port: int) -> socket.socket | None:
+    """A non-blocking UDP socket bound to a literal address (None for a name: asyncio
+    then resolves and binds it, and reads one datagram per wake-up)."""
+    try:
+        ((family, kind, proto, _, address),) = socket.getaddrinfo(
+            host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
+        )[:1]
+    except (socket.gaierror, ValueError):
+        return None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, side: Side, deliver: Callable[[bytes, Endpoint], None]) -> None:
+    def __init__(
+        self,
+        side: Side,
+        deliver: Callable[[bytes, Endpoint], None],
+        sock: socket.socket | None = None,
+    ) -> None:
         self.side = side
         self.deliver = deliver
+        self.sock = sock
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.deliver(data, Endpoint(self.side, "UDP", str(addr[0]), int(addr[1])))
+        side, deliver = self.side, self.deliver
+        deliver(data, Endpoint(side, "UDP", str(addr[0]), int(addr[1])))
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(UDP_READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(UDP_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP port unreachable, as asyncio reports it
+                self.error_received(exc)
+                return
+            deliver(data, Endpoint(side, "UDP", str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error on %s: %s", self.side, exc)  # e.g. ICMP port unreachable
@@ -134,9 +194,15 @@ class AlgShell:
             side_config = getattr(self.config, side)
             address = (side_config.address, side_config.port)
             if "udp" in side_config.transports:
-                transport, _ = await self._loop.create_datagram_endpoint(
-                    self._datagram_factory(side), local_addr=address
-                )
+                sock = _bound_udp_socket(*address)
+                if sock is None:
+                    transport, _ = await self._loop.create_datagram_endpoint(
+                        self._datagram_factory(side, None), local_addr=address
+                    )
+                else:
+                    transport, _ = await self._loop.create_datagram_endpoint(
+                        self._datagram_factory(side, sock), sock=sock
+                    )
                 _enlarge_receive_buffer(transport.get_extra_info("socket"))
                 self.udp[side] = transport
             if "tcp" in side_config.transports:
@@ -145,9 +211,48 @@ class AlgShell:
                 )
                 self.servers.append(server)
             log.info("listening on %s %s:%d %s", side, *address, side_config.transports)
+        self._start_agent_watches()
 
-    def _datagram_factory(self, side: Side) -> Callable[[], _Datagrams]:
-        return lambda: _Datagrams(side, self.deliver)
+    # --- agent event streams (one task per agent) ------------------------------------
+
+    def _start_agent_watches(self) -> None:
+        if self.core.media is None:
+            return
+        for name, api in self.agents.items():
+            if isinstance(api, AgentEvents):
+                task = self._loop.create_task(self._watch_agent(name, api))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    async def _watch_agent(self, name: str, api: AgentEvents) -> None:
+        """Keep agent `name`'s event stream open for as long as the shell runs."""
+        media = self.core.media
+        assert media is not None
+        failures = 0
+        while True:
+            try:
+                # (Re)learn the epoch first: after an agent restart the client refuses
+                # calls until the session is opened again (PCP RFC 6887 §8.5).
+                await api.open_session(deadline=media.pool.settings.deadline)
+                async for event in api.watch_events():
+                    failures = 0
+                    started = event.kind is EventKind.WATCH_STARTED
+                    level = logging.INFO if started else logging.WARNING
+                    log.log(level, "agent %s: event %s %s", name, event.kind.value, event.message)
+                    gone = media.pool.on_event(name, event)
+                    if gone is not None:
+                        media.bindings_gone(gone)
+                reason = "stream ended"
+            except Exception as exc:  # noqa: BLE001 - FcpError or a broken channel: retry
+                reason = str(exc) or type(exc).__name__
+            failures += 1
+            media.pool.watch_broken(name, self._loop.time())
+            delay = media.pool.watch_delay(failures)
+            log.warning("agent %s: event stream down (%s); retry in %.1fs", name, reason, delay)
+            await asyncio.sleep(delay)  # backoff before reopening, not a wait for a condition
+
+    def _datagram_factory(self, side: Side, sock: socket.socket | None) -> Callable[[], _Datagrams]:
+        return lambda: _Datagrams(side, self.deliver, sock)
 
     def _stream_factory(self, side: Side) -> Callable[[], _Stream]:
         return lambda: _Stream(self, side, next(self._numbers))

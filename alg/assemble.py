@@ -10,6 +10,7 @@ import json
 import logging
 import random
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -87,6 +88,11 @@ class AlgServices:
         }
         if core.limiter is not None:
             counters["ratelimit"] = asdict(core.limiter.stats())
+        if core.media is not None:
+            media = core.media
+            counters["media"] = dict(sorted((media.stats + media.pool.stats).items()))
+            # the loop's clock (time.monotonic) is the one the breakers were fed with
+            counters["agents"] = media.pool.snapshot(time.monotonic())
         return counters
 
     def write_counters(self) -> None:
@@ -133,7 +139,7 @@ def _routing_table(config: AlgConfig) -> routing.RoutingTable:
     return table
 
 
-def media_core(config: AlgConfig) -> MediaCore | None:
+def media_core(config: AlgConfig, location: LocationStore | None = None) -> MediaCore | None:
     """The media anchoring core for `[media]` (None when it is off)."""
     settings = config.media
     if not settings.enabled:
@@ -154,7 +160,9 @@ def media_core(config: AlgConfig) -> MediaCore | None:
     trusted = tuple(MediaTrustedPeer.of(t.address, *t.subnets) for t in settings.trusted)
     pool = AgentPool(tuple(AgentConfig(a.name, a.weight) for a in settings.agents))
     timers = MediaTimers(interval=settings.session_interval, slack=settings.session_slack)
-    return MediaCore(MediaConfig(hiding, secret, timers=timers, trusted=trusted), pool)
+    return MediaCore(
+        MediaConfig(hiding, secret, timers=timers, trusted=trusted, registrations=location), pool
+    )
 
 
 def agent_clients(config: AlgConfig) -> dict[str, FcpClient]:
@@ -226,6 +234,8 @@ def assemble(config: AlgConfig) -> AlgServices:
             )
         )
     recorder = CallRecorder() if config.cdr_file else None
-    core = ProxyCore(proxy, edge, limiter=limiter, recorder=recorder, media=media_core(config))
+    core = ProxyCore(
+        proxy, edge, limiter=limiter, recorder=recorder, media=media_core(config, location)
+    )
     writer = CdrWriter(config.cdr_file) if config.cdr_file else None
     return AlgServices(config, core, edge, location, subscribers, writer)

@@ -16,10 +16,10 @@ returns with a new Request-URI) is allowed.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from dataclasses import dataclass
 
 from alg.auth import parse_credentials
+from alg.builders import random_hex
 from alg.errors import SipParseError
 from alg.proxy_model import Endpoint, Interface, ProxyConfig
 from alg.sip import MessageEditor, SipMessage, SipUri
@@ -31,7 +31,12 @@ MAGIC_COOKIE = "z9hG4bK"
 def loop_hash(msg: SipMessage) -> str:
     """Hash of what identifies a request independently of the hops it took (§16.6 step
     8): R-URI, tags, Call-ID, CSeq number and Proxy-Require. The previous hop's Via is
-    left out on purpose: a looping request comes back through a different hop."""
+    left out on purpose: a looping request comes back through a different hop. Computed
+    once per message: the loop check and every branch of the request need it."""
+    return msg.derived("loop_hash", _loop_hash)
+
+
+def _loop_hash(msg: SipMessage) -> str:
     parts = [
         getattr(msg.start_line, "uri_text", ""),
         msg.from_.tag or "",
@@ -46,16 +51,17 @@ def loop_hash(msg: SipMessage) -> str:
 
 
 def new_branch(msg: SipMessage) -> str:
-    return f"{MAGIC_COOKIE}{loop_hash(msg)}.{secrets.token_hex(4)}"
+    return f"{MAGIC_COOKIE}{loop_hash(msg)}.{random_hex(4)}"
 
 
 def stateless_branch(msg: SipMessage) -> str:
     """§16.11: a stateless proxy derives the branch from the request so that
     retransmissions (and the CANCEL of an INVITE) get the same one."""
     top = msg.top_via
-    material = f"{top.branch}|{top.sent_by}|{loop_hash(msg)}"
+    mark = loop_hash(msg)
+    material = f"{top.branch}|{top.sent_by}|{mark}"
     digest = hashlib.blake2s(material.encode("utf-8", "surrogateescape"), digest_size=8)
-    return f"{MAGIC_COOKIE}{loop_hash(msg)}.{digest.hexdigest()}"
+    return f"{MAGIC_COOKIE}{mark}.{digest.hexdigest()}"
 
 
 def is_loop(msg: SipMessage, config: ProxyConfig) -> bool:

@@ -39,6 +39,26 @@ def log_settings(config: AlgConfig) -> LogSettings:
     )
 
 
+def settle_collector() -> None:
+    """Everything built so far lives as long as the process: keep the collector from
+    scanning it again and again (per-call objects are freed by refcount, see
+    test_finished_calls_leave_no_reference_cycles).
+
+    Then space the collections out: each transaction keeps its request for up to 32 s
+    (RFC 3261 Timers J and L, 64*T1), so at a few thousand calls/sec some 10^6 objects
+    are alive, and with the default thresholds a full collection — every object, some
+    300 ms — ran every 2 s: a third of the CPU per call and pauses near T1 (issue #4,
+    bench/proxy_core_cpu.py). Fewer young and full passes keep every pause short."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
+
+
+# gen0 every 10,000 net allocations (default 700), gen1 every 10 gen0, a full pass at
+# most every 100 gen1 (default 10) and only when the long-lived set grew by 25 %.
+COLLECTOR_THRESHOLDS = (10_000, 10, 100)
+
+
 async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
     config = load_config(config_path)
     configure_logging(log_settings(config))
@@ -61,11 +81,7 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
         agents=clients,
     )
     await shell.start()
-    # Everything built so far lives as long as the process: keep the collector from
-    # scanning it again and again (per-call objects are freed by refcount, see
-    # test_finished_calls_leave_no_reference_cycles).
-    gc.collect()
-    gc.freeze()
+    settle_collector()
     stop = asyncio.Event()
 
     def reload() -> None:
@@ -104,7 +120,9 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
         await shell.close()
         for client in clients.values():
             await client.close()
-        services.write_calls(core.take_finished_calls(), wall_offset)
+        # records still waiting for their media are written too, saying so (alg.cdr)
+        finished = core.calls.close() if core.calls is not None else []
+        services.write_calls(finished, wall_offset)
         dump_counters()
         services.close()
         if config.pid_file:

@@ -5,6 +5,13 @@ continuations: what to do with the bytes it lets through, and what to do if it r
 Either runs at once, or later — the message is parked until the agent's answers to the
 media core's FCP actions come back (`results`) or its timers fire (`timers`). With no
 media core the gate lets everything through unchanged.
+
+Every parked message is resolved exactly once, whichever of the three ends it: a crossing
+can end its call too (a BYE, CANCEL or failure), refusing what of it was still parked, so
+`cross` collects the core's resolutions as well. After `results` and `timers` the core's
+news for the CDRs goes to the recorder: the calls the ALG ended itself (their records end
+then, `CallRecorder.alg_ended`) and the media of released groups (`set_media`) — a
+release that failed by timeout as much as one the agent refused.
 """
 
 from __future__ import annotations
@@ -59,23 +66,41 @@ class MediaGate:
         else:
             self.stats[f"media.refused.{outcome.status}"] += 1
             refuse(outcome.status, outcome.reason, now, out)
+        self._resolve(self.media.take_resolutions(), now, out)
 
     def results(self, result: AgentResult, now: float, recorder: CallRecorder | None) -> list[Send]:
         """An agent answered one of the media core's actions (the shell performs them)."""
         out: list[Send] = []
         if self.media is not None:
             self._resolve(self.media.on_result(result, now), now, out)
-            for record in self.media.take_records():
-                if recorder is not None:
-                    recorder.set_media(record.call_id, record.media)
+            self._report(self.media, recorder)
         return out
 
     def get_timer(self) -> float | None:
         return None if self.media is None else self.media.get_timer()
 
-    def timers(self, now: float, out: list[Send]) -> None:
+    def timers(self, now: float, out: list[Send], recorder: CallRecorder | None) -> None:
         if self.media is not None:
             self._resolve(self.media.handle_timer(now), now, out)
+            self._report(self.media, recorder)
+
+    @property
+    def waiting_count(self) -> int:
+        """Parked messages waiting for the media core."""
+        return len(self._waiting)
+
+    @staticmethod
+    def _report(media: MediaCore, recorder: CallRecorder | None) -> None:
+        """The calls the ALG ended first: each one's record then waits for its media,
+        which may come in the same batch. An ending made while a message crossed stays
+        in the core until then: its release is pending, so `results` or `timers` follow."""
+        endings, records = media.take_endings(), media.take_records()
+        if recorder is None:
+            return
+        for ended in endings:
+            recorder.alg_ended(ended.call_id, ended.at, ended.status, ended.reason)
+        for record in records:
+            recorder.set_media(record.call_id, record.media)
 
     def _resolve(self, resolutions: list[Resolution], now: float, out: list[Send]) -> None:
         for resolution in resolutions:

@@ -25,6 +25,10 @@ machines of `alg.transactions`:
 
 Stateless mode (§16.11) forwards requests with a branch derived from the request and
 responses by their Via, keeping no state at all.
+
+The core is three layers, one module each: requests, routing and forking here;
+responses and client timers in `alg.proxy_responses`; the transaction tables and
+sending on them in `alg.proxy_plumbing`.
 """
 
 from __future__ import annotations
@@ -32,9 +36,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable
 
-from alg.builders import build_ack, build_cancel, build_response, new_tag, stand_in_request
+from alg.builders import new_tag
 from alg.call_events import CallEvents
 from alg.cdr import CallRecorder, Cdr
 from alg.errors import SipParseError
@@ -45,10 +48,7 @@ from alg.forwarding import (
     is_loop,
     new_branch,
     plan_routes,
-    response_destination,
     stateless_branch,
-    strip_top_via,
-    with_challenges,
 )
 from alg.logsetup import call_context
 from alg.media.actions import AgentResult
@@ -62,43 +62,36 @@ from alg.proxy_model import (
     Routed,
     Router,
     Send,
-    Side,
     Target,
 )
+from alg.proxy_responses import ProxyResponses
 from alg.proxy_state import ClientBranch, ServerSide, TimerHeap
 from alg.ratelimit import Drop as RateDrop
 from alg.ratelimit import RateLimiter
 from alg.ratelimit import Reject as RateReject
-from alg.response_context import Verdict
 from alg.sip import (
     SipMessage,
     SipUri,
     check_request,
-    check_response,
     parse_message,
     parse_uri,
 )
 from alg.transaction_keys import ClientKey, LegacyServerKey, ServerKey, client_key, server_key
 from alg.transactions import (
-    Action,
     Event,
     Kind,
     State,
     Transaction,
-    event_for_status,
-    tu_event_for_status,
 )
 
 log = logging.getLogger("sipwall.alg.proxy")
 
 
-# A target answering these (or not at all) gives way to the next one in serial forking.
-_FAILOVER_STATUSES = frozenset({408, 500, 503})
 # Requests that create a dialog get our Record-Route (§16.6 step 4, RFC 6665 §4.3).
 _DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 
 
-class ProxyCore:
+class ProxyCore(ProxyResponses):
     def __init__(
         self,
         config: ProxyConfig,
@@ -111,7 +104,11 @@ class ProxyCore:
         self.config = config
         self.router = router
         self.limiter = limiter
-        self.calls = CallEvents(recorder) if recorder is not None else None
+        self.calls = (
+            CallEvents(recorder, media.release_pending if media is not None else None)
+            if recorder is not None
+            else None
+        )
         self.stats: Counter[str] = Counter()
         # media anchoring (alg.media): messages crossing sides go through the gate and
         # may wait there for the agent
@@ -151,6 +148,7 @@ class ProxyCore:
             self._on_request(msg, source, now, out)
         else:
             self._on_response(msg, now, out)
+        self._send_media_requests(now, out)
         return out
 
     def get_timer(self) -> float | None:
@@ -175,7 +173,8 @@ class ProxyCore:
         out: list[Send] = []
         if self.calls is not None:
             self.calls.expire(now)
-        self._gate.timers(now, out)
+        self._gate.timers(now, out, self.calls.recorder if self.calls is not None else None)
+        self._send_media_requests(now, out)
         for owner in self._timers.due(now):
             if isinstance(owner, ServerSide):
                 self._server_actions(owner, owner.txn.handle_timer(now), out)
@@ -202,7 +201,7 @@ class ProxyCore:
             self._on_ack(msg, source, now, out)
             return
         key = server_key(msg)
-        existing = self._servers.get(key)
+        existing = self._servers.get(key) if self._servers else None
         if existing is not None:  # a retransmission (§17.2.1, §17.2.2)
             self.stats["retransmission"] += 1
             self._server_actions(existing, existing.txn.handle(Event.REQUEST, now), out)
@@ -268,11 +267,37 @@ class ProxyCore:
     def media_result(self, result: AgentResult, now: float) -> list[Send]:
         """An agent answered one of the media core's actions (the shell performs them)."""
         recorder = self.calls.recorder if self.calls is not None else None
-        return self._gate.results(result, now, recorder)
+        out = self._gate.results(result, now, recorder)
+        self._send_media_requests(now, out)
+        return out
+
+    def _send_media_requests(self, now: float, out: list[Send]) -> None:
+        """The ACK/BYE the media core makes to end a dialog it cannot anchor
+        (alg.media.teardown): the ACK of a 2xx goes once (§17.1.1.3 does not apply, no
+        transaction); a BYE gets a client transaction of ours (retransmissions; its
+        response is absorbed like that of our CANCEL)."""
+        for request in self.media.take_requests() if self.media is not None else ():
+            uri = parse_uri(request.next_hop)
+            if not isinstance(uri, SipUri):
+                continue
+            destination = endpoint_for(uri, self.config)
+            out.append(Send(destination, request.data))
+            if request.method != "ACK":
+                txn = Transaction.start(
+                    Kind.NON_INVITE_CLIENT, reliable=destination.reliable, now=now,
+                    settings=self.config.timers,
+                )  # fmt: skip
+                key = client_key(parse_message(request.data))
+                branch = ClientBranch(
+                    next(self._branch_numbers), key, txn, request.data, destination, None
+                )
+                self._clients[key] = branch
+                self._schedule(branch)
 
     def _route_server(self, server: ServerSide, now: float, out: list[Send]) -> None:
         msg, source = server.request, server.source
-        decided = self._targets(msg, source, now)
+        routes = plan_routes(msg, self.config)
+        decided = self._targets(msg, source, routes, now)
         if isinstance(decided, Resolve):
             waiting = self._parked.setdefault(decided.uri, [])
             if not waiting:
@@ -288,7 +313,7 @@ class ProxyCore:
         server.record_route = (
             self.config.record_route and msg.method in _DIALOG_CREATING and msg.to.tag is None
         )
-        server.routes = routes = plan_routes(msg, self.config)
+        server.routes = routes
         if decided.parallel:
             for target in decided.targets:
                 self._fork(server, target, routes, server.record_route, now, out)
@@ -311,8 +336,10 @@ class ProxyCore:
             return 420, None, (("Unsupported", ", ".join(unsupported).encode()),)
         return None
 
-    def _targets(self, msg: SipMessage, source: Endpoint, now: float) -> Routed | Answer | Resolve:
-        routes = plan_routes(msg, self.config)
+    def _targets(
+        self, msg: SipMessage, source: Endpoint, routes: RoutePlan, now: float
+    ) -> Routed | Answer | Resolve:
+        """Where a request goes, given its Route pre-processing (§16.4-16.6)."""
         if routes.next_route is not None:  # §16.6 step 6: loose routing to the top Route
             return Routed((Target(self._endpoint_for(routes.next_route)),))
         uri = msg.request_uri
@@ -390,7 +417,6 @@ class ProxyCore:
             Transaction.start(
                 kind, reliable=target.next_hop.reliable, now=now, settings=self.config.timers
             ),
-            parse_message(data),
             data,
             target.next_hop,
             server,
@@ -460,7 +486,8 @@ class ProxyCore:
             if msg.method != "ACK":
                 self._answer_statelessly(msg, source, 483, None, out)
             return
-        decided = self._targets(msg, source, now)
+        routes = plan_routes(msg, self.config)
+        decided = self._targets(msg, source, routes, now)
         if isinstance(decided, Resolve):
             # stateless: nothing to park; ask for the lookup, the retransmission of the
             # request will find the answer cached
@@ -481,7 +508,7 @@ class ProxyCore:
             source=source,
             target=target.next_hop,
             config=self.config,
-            routes=plan_routes(msg, self.config),
+            routes=routes,
             branch=stateless_branch(msg),
             request_uri=target.request_uri,
             record_route=record_route,
@@ -500,324 +527,9 @@ class ProxyCore:
             data, source.side, target.next_hop.side, source.host, now, out, proceed, refuse
         )
 
-    # --- responses ------------------------------------------------------------------
-
-    def _on_response(self, msg: SipMessage, now: float, out: list[Send]) -> None:
-        try:
-            check_response(msg)
-        except SipParseError:
-            self.stats["dropped.malformed_response"] += 1
-            return
-        top = msg.top_via
-        if not self.config.is_ours(top.host, top.port):
-            self.stats["dropped.not_our_via"] += 1  # §16.7 step 1 precondition
-            return
-        branch = self._clients.get(client_key(msg))
-        if branch is None:
-            self._forward_response_statelessly(msg, out)
-            return
-        actions = branch.txn.handle(event_for_status(msg.status), now)
-        for action in actions:
-            if action is Action.DELIVER:
-                self._deliver(branch, msg, now, out)
-            elif action is Action.SEND_ACK:
-                out.append(Send(branch.destination, build_ack(branch.request, msg)))
-            elif action is Action.TERMINATE:
-                self._forget_client(branch)
-        self._schedule(branch)
-
-    def _forward_response_statelessly(self, msg: SipMessage, out: list[Send]) -> None:
-        # §16.7/§16.11: no transaction (stateless mode, or a 2xx retransmission after
-        # the INVITE transaction ended): route by the next Via.
-        if not self.config.stateless and not (
-            200 <= msg.status < 300 and msg.cseq.method == "INVITE"
-        ):
-            self.stats["dropped.stray_response"] += 1
-            return
-        destination = response_destination(msg, self.config)
-        if destination is None:
-            self.stats["dropped.stray_response"] += 1
-            return
-        if destination.host == "255.255.255.255":
-            self.stats["dropped.broadcast_via"] += 1  # RFC 4475 §3.3.10 (bcast)
-            return
-        out.append(Send(destination, strip_top_via(msg)))
-
-    def _deliver(self, branch: ClientBranch, msg: SipMessage, now: float, out: list[Send]) -> None:
-        server = branch.server
-        if server is None:
-            return  # a response to a CANCEL we sent: hop-by-hop, absorbed
-        status = msg.status
-        if status < 200:
-            branch.provisional = True
-            if branch.txn.kind is Kind.INVITE_CLIENT and status > 100:
-                branch.timer_c = now + self.config.timer_c  # §16.7 step 2: reset Timer C
-            if branch.cancel_wanted:
-                self._cancel_branch(branch, now, out)
-            if server.context.provisional(status) is Verdict.FORWARD:
-                self._send_upstream(
-                    server,
-                    Event.SEND_PROVISIONAL,
-                    strip_top_via(msg),
-                    branch.destination.side,
-                    now,
-                    out,
-                    sender_host=branch.destination.host,
-                )
-            return
-        branch.timer_c = None
-        if status in _FAILOVER_STATUSES:
-            self._fail_over(server, now, out)
-        decision = server.context.final(branch.number, status, msg)
-        self._apply_decision(
-            branch.destination.side,
-            server,
-            decision.verdict,
-            msg,
-            decision.final,
-            decision.final_status,
-            now,
-            out,
-            sender_host=branch.destination.host,
-        )
-
-    def _apply_decision(  # noqa: PLR0917
-        self,
-        from_side: Side,
-        server: ServerSide,
-        verdict: Verdict,
-        response: SipMessage,
-        best: SipMessage | None,
-        best_status: int | None,
-        now: float,
-        out: list[Send],
-        sender_host: str | None = None,
-    ) -> None:
-        if verdict in (Verdict.HOLD, Verdict.ABSORB):
-            return
-        if verdict is Verdict.FORWARD_AND_CANCEL_OTHERS:
-            for other in server.branches:
-                self._cancel_branch(other, now, out)
-        if 200 <= response.status < 300:
-            self._send_upstream(
-                server,
-                Event.SEND_SUCCESS,
-                strip_top_via(response),
-                from_side,
-                now,
-                out,
-                sender_host=sender_host,
-            )
-            return
-        if best is None:
-            status = best_status or 500
-            data = build_response(server.request, status, to_tag=server.to_tag)
-            from_side = server.source.side  # ours: the media core only updates its state
-        else:
-            data = self._with_challenges(server, best)
-        self._send_upstream(
-            server, tu_event_for_status(best_status or 500), data, from_side, now, out
-        )
-
-    def _send_upstream(  # noqa: PLR0917
-        self,
-        server: ServerSide,
-        event: Event,
-        data: bytes,
-        from_side: Side,
-        now: float,
-        out: list[Send],
-        sender_host: str | None = None,
-    ) -> None:
-        """A response on its way to the request's sender, through the media core."""
-
-        def proceed(data: bytes, now: float, out: list[Send]) -> None:
-            self._server_send(server, event, data, now, out)
-
-        def refuse(status: int, reason: str | None, now: float, out: list[Send]) -> None:
-            # the response cannot be anchored: its sender gets `status` instead
-            if server.txn.state in (State.TRYING, State.PROCEEDING):
-                data = build_response(server.request, status, reason, to_tag=server.to_tag)
-                self._server_send(server, tu_event_for_status(status), data, now, out)
-
-        self._gate.cross(
-            data,
-            from_side,
-            server.source.side,
-            sender_host or server.source.host,
-            now,
-            out,
-            proceed,
-            refuse,
-        )
-
-    def _with_challenges(self, server: ServerSide, best: SipMessage) -> bytes:
-        return with_challenges(best, server.context.challenges())
-
-    # --- transaction plumbing -------------------------------------------------------
-
-    def _respond(
-        self,
-        server: ServerSide,
-        status: int,
-        now: float,
-        out: list[Send],
-        *,
-        reason: str | None = None,
-        headers: Iterable[tuple[str, bytes]] = (),
-    ) -> None:
-        data = build_response(
-            server.request, status, reason, to_tag=server.to_tag, extra_headers=headers
-        )
-        if status >= 300 and log.isEnabledFor(logging.DEBUG):
-            with call_context(server.request.call_id):
-                log.debug("answered %d %s to %s", status, reason or "", server.source.host)
-        if status < 200 or self.media is None:
-            self._server_send(server, tu_event_for_status(status), data, now, out)
-        else:  # our own final still tells the media core the call is over
-            self._send_upstream(
-                server, tu_event_for_status(status), data, server.source.side, now, out
-            )
-
-    def _server_send(
-        self, server: ServerSide, event: Event, data: bytes, now: float, out: list[Send]
-    ) -> None:
-        if self.calls is not None and server.txn.kind is Kind.INVITE_SERVER:
-            self.calls.response(server.request, data, now)
-        server.last_response = data
-        self._server_actions(server, server.txn.handle(event, now), out)
-        self._schedule(server)
-
-    def _server_actions(
-        self, server: ServerSide, actions: tuple[Action, ...], out: list[Send]
-    ) -> None:
-        for action in actions:
-            if action is Action.SEND_RESPONSE and server.last_response is not None:
-                out.append(Send(server.source, server.last_response))
-            elif action is Action.TERMINATE:
-                self._forget_server(server)
-
-    def _forget_server(self, server: ServerSide) -> None:
-        """The server transaction is over. Its branches keep a reference to it while they
-        still run; it drops its references to them so that nothing forms a cycle (a
-        cycle would wait for a full garbage collection, a pause of hundreds of ms)."""
-        if self._servers.get(server.key) is server:
-            del self._servers[server.key]
-        server.branches = []
-
-    def _forget_client(self, branch: ClientBranch) -> None:
-        if self._clients.get(branch.key) is branch:
-            del self._clients[branch.key]
-        server = branch.server
-        if server is not None:
-            branch.server = None
-            if branch in server.branches:
-                server.branches.remove(branch)
-
-    def _client_timers(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
-        if branch.timer_c is not None and branch.timer_c <= now:
-            branch.timer_c = None
-            self.stats["timer_c"] += 1
-            if branch.provisional and not branch.cancelled:
-                self._cancel_branch(branch, now, out)  # §16.6 step 11: ringing too long
-                # §16.8 lets the proxy end the client transaction: if no final response
-                # (the 487) comes within 64*T1 of the CANCEL, give up on the branch
-                branch.timer_c = now + 64 * self.config.timers.t1
-            else:
-                # §16.8: as if a 408 had arrived on this branch
-                branch.txn.abandon()
-                self._branch_failed(branch, now, out)
-                self._forget_client(branch)
-                return
-        for action in branch.txn.handle_timer(now):
-            if action is Action.SEND_REQUEST:
-                out.append(Send(branch.destination, branch.data))
-                self.stats["retransmitted"] += 1
-            elif action in (Action.TIMEOUT, Action.TRANSPORT_FAILED):
-                self._branch_failed(branch, now, out)
-            elif action is Action.TERMINATE:
-                self._forget_client(branch)
-
     def _fail_over(self, server: ServerSide, now: float, out: list[Send]) -> None:
         """Serial forking: a failed target gives way to the next one (the new branch is
         pending before the failure is counted, so the context keeps waiting)."""
         if server.serial and server.routes is not None and not server.context.done:
             self.stats["failover"] += 1
             self._fork(server, server.serial.pop(0), server.routes, server.record_route, now, out)
-
-    def _branch_failed(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
-        server = branch.server
-        if server is None:
-            return
-        self._fail_over(server, now, out)
-        decision = server.context.branch_failed(branch.number)
-        if decision.verdict is Verdict.FORWARD:
-            status = decision.final_status or 408
-            if status == 408 and decision.final is None and server.request.method != "INVITE":
-                # RFC 4320 §4.1: never 408 to a non-INVITE request; by now the client
-                # has given up anyway. The server transaction ends silently.
-                server.txn.abandon()
-                self._forget_server(server)
-                self.stats["timeout.non_invite"] += 1
-                return
-            data = (
-                build_response(server.request, status, to_tag=server.to_tag)
-                if decision.final is None
-                else self._with_challenges(server, decision.final)
-            )
-            self._send_upstream(
-                server, tu_event_for_status(status), data, server.source.side, now, out
-            )
-
-    def _cancel_branch(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
-        """§9.1: CANCEL a pending INVITE branch, waiting for a provisional if needed."""
-        if branch.cancelled or branch.txn.kind is not Kind.INVITE_CLIENT:
-            return
-        if branch.txn.state is not State.PROCEEDING:
-            if branch.txn.state is State.CALLING:
-                branch.cancel_wanted = True  # no provisional yet: CANCEL must wait
-            return
-        branch.cancelled = True
-        data = build_cancel(branch.request)
-        cancel = ClientBranch(
-            next(self._branch_numbers),
-            ClientKey(branch.key.branch, "CANCEL"),
-            Transaction.start(
-                Kind.NON_INVITE_CLIENT,
-                reliable=branch.destination.reliable,
-                now=now,
-                settings=self.config.timers,
-            ),
-            parse_message(data),
-            data,
-            branch.destination,
-            None,
-        )
-        self._clients[cancel.key] = cancel
-        out.append(Send(branch.destination, data))
-        self.stats["cancel.sent"] += 1
-        self._schedule(cancel)
-
-    def _answer_unparsable(
-        self, data: bytes, error: SipParseError, source: Endpoint, out: list[Send]
-    ) -> None:
-        stand_in = stand_in_request(data)
-        if stand_in is not None:
-            self._answer_statelessly(stand_in, source, error.status, error.reason, out)
-
-    def _answer_statelessly(  # noqa: PLR0917
-        self,
-        msg: SipMessage,
-        source: Endpoint,
-        status: int,
-        reason: str | None,
-        out: list[Send],
-        headers: tuple[tuple[str, bytes], ...] = (),
-    ) -> None:
-        try:
-            out.append(Send(source, build_response(msg, status, reason, extra_headers=headers)))
-        except SipParseError:
-            self.stats["dropped.unanswerable"] += 1  # no usable Via/To/...: drop
-
-    def _schedule(self, owner: ServerSide | ClientBranch) -> None:
-        self._timers.schedule(owner)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from alg.forwarding import RoutePlan
 from alg.proxy_model import Endpoint, Target
 from alg.response_context import ResponseContext
-from alg.sip import SipMessage
+from alg.sip import SipMessage, parse_message
 from alg.transaction_keys import ClientKey, LegacyServerKey, ServerKey
 from alg.transactions import Transaction
 
@@ -50,8 +50,7 @@ class ClientBranch:
     number: int
     key: ClientKey
     txn: Transaction
-    request: SipMessage
-    data: bytes
+    data: bytes  # the request as sent
     destination: Endpoint
     server: ServerSide | None  # None for a CANCEL we generated
     provisional: bool = False
@@ -59,6 +58,15 @@ class ClientBranch:
     cancelled: bool = False
     timer_c: float | None = None
     scheduled: float | None = None
+    _request: SipMessage | None = None
+
+    @property
+    def request(self) -> SipMessage:
+        """The request as sent, parsed. Only a CANCEL (§9.1) or the ACK of a non-2xx
+        (§17.1.1.3) copies fields from it, so most branches never parse it."""
+        if self._request is None:
+            self._request = parse_message(self.data)
+        return self._request
 
     def deadline(self) -> float | None:
         txn_timer = self.txn.get_timer()
@@ -78,10 +86,13 @@ class TimerHeap:
 
     def schedule(self, owner: ServerSide | ClientBranch) -> None:
         deadline = owner.deadline()
-        if deadline is None:
+        if deadline == owner.scheduled:
             return
-        if owner.scheduled is None or deadline < owner.scheduled:
-            owner.scheduled = deadline
+        # A deadline that moved (earlier or later, e.g. Timer A stopped by a provisional)
+        # gets a new entry and the old one turns stale: a push is cheaper than waking the
+        # owner at its old deadline for nothing (two such wake-ups per call, issue #4).
+        owner.scheduled = deadline
+        if deadline is not None:
             heapq.heappush(self._heap, (deadline, next(self._sequence), owner))
 
     def next_deadline(self) -> float | None:

@@ -51,6 +51,11 @@ class Kind(enum.Enum):
     INVITE_SERVER = "invite-server"
     NON_INVITE_SERVER = "non-invite-server"
 
+    # Members are singletons compared by identity: hash them by identity too, in C,
+    # instead of Enum's hash of the name in Python (every TRANSITIONS lookup hashes a
+    # kind, a state and an event).
+    __hash__ = object.__hash__
+
 
 class State(enum.Enum):
     CALLING = "calling"
@@ -60,6 +65,8 @@ class State(enum.Enum):
     COMPLETED = "completed"
     CONFIRMED = "confirmed"
     TERMINATED = "terminated"
+
+    __hash__ = object.__hash__  # see Kind
 
 
 class Event(enum.Enum):
@@ -88,6 +95,8 @@ class Event(enum.Enum):
     TIMER_K = "K"
     TIMER_L = "L"
     TIMER_M = "M"
+
+    __hash__ = object.__hash__  # see Kind
 
 
 class Action(enum.Enum):
@@ -344,18 +353,13 @@ class Transaction:
             self._intervals[name] = interval
             return interval
         long_wait = 64 * s.t1
-        waits = {
-            "B": long_wait,
-            "F": long_wait,
-            "H": long_wait,
-            "L": long_wait,
-            "M": long_wait,
-            "D": 0.0 if self.reliable else max(32.0, long_wait),
-            "I": 0.0 if self.reliable else s.t4,
-            "J": 0.0 if self.reliable else long_wait,
-            "K": 0.0 if self.reliable else s.t4,
-        }
-        return waits[name]
+        if name in ("B", "F", "H", "L", "M"):
+            return long_wait
+        if self.reliable:
+            return 0.0  # D, I, J, K: nothing to wait for on a reliable transport
+        if name == "D":
+            return max(32.0, long_wait)
+        return long_wait if name == "J" else s.t4  # J; I and K wait T4
 
 
 def event_for_status(status: int) -> Event:

@@ -1,10 +1,13 @@
 """Media anchoring for the ALG (ARCHITECTURE §3), sans-I/O. NOT yet wired into `alg.proxy`.
 
-Modules: `core` (MediaCore, the seam), `session` (per-call state tables, offer/answer
-placement), `streams` (SDP -> bindings/peers), `rewrite` + `masking` (SDP anchoring,
-topology hiding, tokens, Via stash, leak scan), `antiforgery`, `agents` (choice, retries,
-circuit breaker), `session_timer` (RFC 4028), `record` (CDR data), `perform` (the async
-executor for the shell), `actions` (all the data crossing the seam).
+Modules: `core` (MediaCore, the seam) over its layers `placement` (where each message
+stands in its call), `anchoring` (bindings and rules) and `ledger` (state, operations,
+rendering); `teardown` (ACK/BYE ending a dialog the ALG cannot anchor), `session`
+(per-call state tables, offer/answer placement), `streams` (SDP -> bindings/peers),
+`rewrite` + `masking` (SDP anchoring, topology hiding, tokens, Via stash, leak scan),
+`antiforgery`, `agents` (choice, retries, circuit breaker), `session_timer` (RFC 4028),
+`record` (CDR data), `perform` (the async executor for the shell), `actions` (all the data
+crossing the seam).
 
 The seam, for the proxy core and its shell (`alg.proxy`, `alg.aio`)
 ------------------------------------------------------------------
@@ -30,6 +33,8 @@ The seam, for the proxy core and its shell (`alg.proxy`, `alg.aio`)
 4. Timers: include `media.get_timer()` in the proxy's `get_timer()`; call
    `media.handle_timer(now)` (it returns resolutions too), then take actions again.
 5. CDR: `for r in media.take_records(): recorder.set_media(r.call_id, r.media)`.
+6. Own requests: after each of the above, send `media.take_requests()` (`OwnRequest`:
+   an ACK once, a BYE in a client transaction of the proxy's own; `next_hop` names where).
 """
 
 from alg.media.core import MediaConfig, MediaCore

@@ -176,3 +176,16 @@ class MediaRecord:
 
     call_id: str
     media: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnRequest:
+    """A request the ALG sends itself, on `side`, to `next_hop` (a SIP URI: the first
+    Route, else the Request-URI): the ACK and BYE that end a dialog it cannot anchor
+    (`alg.media.teardown`). The proxy sends an ACK once and a BYE in a client
+    transaction of its own, whose responses it absorbs."""
+
+    side: str
+    method: str
+    data: bytes
+    next_hop: str

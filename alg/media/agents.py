@@ -21,6 +21,15 @@ Theory of operation
 * **Failover.** A new call whose first reservation fails on its agent is re-pinned to
   another healthy agent (it has nothing anywhere yet). No healthy agent: the core answers
   503 (RFC 3261 §21.5.4) and nothing with an inside address is forwarded.
+* **Agent events** (FCP WatchEvents, one stream per agent kept open by the shell; the
+  unsolicited notifications of RFC 5189 §2.2.3, and PCP's "the mapping is gone" of RFC
+  6887 §14.1.1): `EVENT_EFFECTS` says what each kind means here. A stream that starts is
+  a sign of life (a health success; it also ends a previous drain: the agent serves again);
+  a stream that breaks or cannot be opened is a health failure, so a dead agent opens its
+  breaker within `threshold` reconnect attempts even while no call is using it.
+  AGENT_DRAINING pins no new call to that agent; calls already on it stay there (the
+  kernel keeps forwarding their media). EXPIRED / IDLE / REMOVED_BY_ADMIN name a group:
+  `GroupGone` tells the media core that call's bindings or pinholes are gone.
 """
 
 from __future__ import annotations
@@ -28,10 +37,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
 from fcp.errors import FcpError, Reason
+from fcp.types import Event, EventKind
 
 
 class Breaker(enum.Enum):
@@ -64,6 +75,38 @@ _HEALTH_REASONS: Final = frozenset(
 )
 
 
+class Effect(enum.Enum):
+    """What an agent event means for the pool and the media core."""
+
+    STARTED = "started"  # a (new) stream is up: health success, no longer draining
+    DRAINING = "draining"  # no new calls on this agent
+    GROUP_GONE = "group_gone"  # a call's binding or pinhole is gone (media core)
+    NOTED = "noted"  # logged and counted only (e.g. a pool's address changed)
+
+
+EVENT_EFFECTS: Final[dict[EventKind, Effect]] = {
+    EventKind.WATCH_STARTED: Effect.STARTED,
+    EventKind.AGENT_DRAINING: Effect.DRAINING,
+    EventKind.EXPIRED: Effect.GROUP_GONE,
+    EventKind.IDLE: Effect.GROUP_GONE,
+    EventKind.REMOVED_BY_ADMIN: Effect.GROUP_GONE,
+    # New calls read their public address from each binding, so a changed pool address
+    # needs nothing here; calls already anchored keep the old one until they end.
+    EventKind.EXTERNAL_ADDRESS_CHANGED: Effect.NOTED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GroupGone:
+    """The agent removed (part of) a group: the bindings/pinholes of that call are gone."""
+
+    agent: str
+    group_id: str
+    kind: EventKind
+    binding_id: str | None = None
+    rule_id: str | None = None
+
+
 def counts_against_agent(error: FcpError) -> bool:
     return error.reason in _HEALTH_REASONS
 
@@ -89,6 +132,8 @@ class AgentSettings:
     retry_delay: float = 0.2  # before a retry (doubles each attempt)
     threshold: int = 3  # consecutive failures that open the breaker
     open_for: float = 30.0  # seconds an open breaker refuses calls
+    watch_retry: float = 0.5  # before reopening a broken event stream (doubles each time)
+    watch_retry_max: float = 10.0
 
 
 @dataclass(slots=True)
@@ -98,6 +143,7 @@ class _AgentState:
     failures: int = 0
     open_until: float = 0.0
     probing: bool = False  # half-open: one probe call is in flight
+    draining: bool = False  # the agent said AGENT_DRAINING: no new calls
 
 
 @dataclass(slots=True)
@@ -106,6 +152,7 @@ class AgentPool:
 
     agents: tuple[AgentConfig, ...]
     settings: AgentSettings = field(default_factory=AgentSettings)
+    stats: Counter[str] = field(default_factory=Counter)  # agent events, broken streams
     _states: dict[str, _AgentState] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,8 +167,13 @@ class AgentPool:
             self._move(agent, Health.COOLED)
         return agent.breaker
 
+    def draining(self, name: str) -> bool:
+        return self._states[name].draining
+
     def available(self, name: str, now: float) -> bool:
         """May a *new* call be pinned to this agent now?"""
+        if self._states[name].draining:
+            return False
         breaker = self.state(name, now)
         if breaker is Breaker.CLOSED:
             return True
@@ -167,6 +219,45 @@ class AgentPool:
     def retry_delay(self, attempt: int) -> float:
         """Delay before attempt number `attempt` (2, 3, ...)."""
         return float(self.settings.retry_delay * 2.0 ** max(0, attempt - 2))
+
+    # -- agent events (WatchEvents) --------------------------------------------------------
+
+    def on_event(self, name: str, event: Event) -> GroupGone | None:
+        """An event from `name`'s stream; a GroupGone is for the media core."""
+        self.stats[f"{name}.event.{event.kind.value}"] += 1
+        effect = EVENT_EFFECTS.get(event.kind, Effect.NOTED)
+        if effect is Effect.STARTED:
+            # A new stream answers: the agent is up (again). A restarted agent is not
+            # draining any more; one still shutting down also refuses reservations
+            # (NETWORK_FAILURE), which counts against it as usual.
+            self._states[name].draining = False
+            self.succeeded(name)
+        elif effect is Effect.DRAINING:
+            self._states[name].draining = True
+        elif effect is Effect.GROUP_GONE and event.group_id:
+            return GroupGone(name, event.group_id, event.kind, event.binding_id, event.rule_id)
+        return None
+
+    def watch_broken(self, name: str, now: float) -> None:
+        """The event stream of `name` ended, failed, or could not be opened."""
+        self.stats[f"{name}.watch.broken"] += 1
+        self.failed(name, now)
+
+    def snapshot(self, now: float) -> dict[str, dict[str, object]]:
+        """Per agent: breaker state, consecutive failures, draining (for `ctl stats`)."""
+        return {
+            name: {
+                "breaker": self.state(name, now).value,
+                "failures": agent.failures,
+                "draining": agent.draining,
+            }
+            for name, agent in self._states.items()
+        }
+
+    def watch_delay(self, attempt: int) -> float:
+        """Delay before reopening a stream after `attempt` consecutive failures (1, 2...)."""
+        delay = self.settings.watch_retry * 2.0 ** max(0, attempt - 1)
+        return float(min(delay, self.settings.watch_retry_max))
 
     @staticmethod
     def _move(agent: _AgentState, event: Health) -> None:

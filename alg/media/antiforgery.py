@@ -18,15 +18,70 @@ nothing and are not checked.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+from alg.errors import SipParseError
+from alg.location import canonical_aor
 from alg.sdp import SessionDescription, is_unspecified_address
+from alg.sip import SipMessage, SipUri, parse_uri
 from fcp.types import IPAddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-# Given the sending UA's Contact URI text, the addresses it registered from (may be empty).
-RegisteredSources = Callable[[str], Iterable[str]]
+
+
+class RegisteredSource(Protocol):
+    @property
+    def address(self) -> str: ...
+
+
+class RegisteredContact(Protocol):
+    """What anti-forgery reads of a location binding (`alg.location.Binding`)."""
+
+    @property
+    def contact(self) -> str: ...
+    @property
+    def source(self) -> RegisteredSource | None: ...
+
+
+class Registrations(Protocol):
+    """The location service, read only (`alg.location.LocationStore` fits): the live
+    bindings of a canonical AOR."""
+
+    def lookup(self, aor: str, now: float) -> Sequence[RegisteredContact]: ...
+
+
+def registered_sources(registrations: Registrations, msg: SipMessage, now: float) -> set[str]:
+    """The addresses the sender's Contact registered from (RFC 3261 §10.3: the binding
+    of its AOR with that contact; the source is where the REGISTER came from, the NAT
+    binding of a phone behind a NAT, `alg.location`). The sender's AOR is the From of a
+    request and the To of a response (§8.1.1.3, §8.2.6.2). Contacts compare as URIs
+    (§19.1.4: user, host case-insensitively, port)."""
+    try:
+        aor_uri = (msg.from_ if msg.is_request else msg.to).sip_uri
+        contacts = [c.uri for c in msg.contact.contacts]
+    except SipParseError:
+        return set()
+    if aor_uri is None:
+        return set()
+    keys = {_contact_key(uri) for uri in contacts if isinstance(uri, SipUri)}
+    found = set()
+    for binding in registrations.lookup(canonical_aor(aor_uri), now):
+        source = binding.source
+        if source is None:
+            continue
+        try:
+            uri = parse_uri(binding.contact)
+        except SipParseError:
+            continue
+        if isinstance(uri, SipUri) and _contact_key(uri) in keys:
+            found.add(source.address)
+    return found
+
+
+def _contact_key(uri: SipUri) -> tuple[str, str | None, str, int]:
+    return (uri.scheme, uri.user, uri.host.lower(), uri.port or 5060)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,10 @@
 
 `MediaCore` turns each `ReleaseReport` (what the agent held for the group just before
 `ChangeGroupLifetime(0)`) into a `MediaRecord`; the shell hands it to
-`alg.cdr.CallRecorder.set_media(call_id, record.media)`.
+`alg.cdr.CallRecorder.set_media(call_id, record.media)`. A release that failed for good
+(every attempt, `alg.media.agents`) still gives a record, `failed_release_record`, so the
+CDR waiting for it is written at once and says why it has no counters; the kernel
+timeouts end that media (ARCHITECTURE §3 step 7).
 """
 
 from __future__ import annotations
@@ -41,3 +44,7 @@ def media_record(call_id: str, agent: str, report: ReleaseReport) -> MediaRecord
         "bytes": sum(b["bytes"] for b in bindings),
     }
     return MediaRecord(call_id, media)
+
+
+def failed_release_record(call_id: str, agent: str, error: object) -> MediaRecord:
+    return MediaRecord(call_id, {"agent": agent, "error": f"release failed: {error}"})

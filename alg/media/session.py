@@ -225,6 +225,7 @@ class Call:
     interval: int | None = None  # RFC 4028 session interval, once agreed
     timer_requests: dict[int, tuple[bool, int | None]] = field(default_factory=dict)
     ops: int = 0  # idempotency key sequence
+    challenged: bool = False  # a 401/407 answered it: waiting for the retry (placement)
 
     def leg_tag(self, msg: SipMessage) -> str | None:
         """The callee-side tag of the dialog `msg` belongs to."""

@@ -173,6 +173,7 @@ class Alg:
             source_host=source,
             now=self.now,  # type: ignore[arg-type]
         )
+        self.resolutions += self.core.take_resolutions()  # what the crossing let go
         if isinstance(outcome, Parked):
             for res in self.pump():
                 if res.ticket == outcome.ticket:

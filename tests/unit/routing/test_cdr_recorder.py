@@ -197,7 +197,7 @@ def test_media_field_and_json_line() -> None:
         '"caller":"sip:alice@our.example","confirmed":false,"disposition":"ANSWERED",'
         '"duration":60.0,"early_dialogs":0,"end":"2023-11-14T22:14:22.500Z","ended_by":"bye",'
         '"media":{"bindings":[{"public":"203.0.113.1:40000"}],"bytes":258000,"packets":1500},'
-        '"side":"inside","start":"2023-11-14T22:13:20.000Z","status":200}'
+        '"reason":null,"side":"inside","start":"2023-11-14T22:13:20.000Z","status":200}'
     )
     with pytest.raises(TypeError):
         cdr.media["packets"] = 0  # type: ignore[index]
@@ -206,6 +206,108 @@ def test_media_field_and_json_line() -> None:
 def test_recorder_validates_limits() -> None:
     with pytest.raises(ValueError, match="positive"):
         CallRecorder(max_setup=0)
+
+
+def test_recorder_validates_media_wait() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        CallRecorder(media_wait=0)
+
+
+def _answered_and_hung_up(rec: CallRecorder, call_id: str = "c1", end: float = T0 + 60) -> Cdr:
+    start(rec, call_id)
+    rec.response(call_id, 200, T0 + 2, to_tag="t1")
+    cdr = rec.bye(call_id, end)
+    assert cdr is not None
+    return cdr
+
+
+def test_a_closing_record_is_ready_once_its_media_arrives() -> None:
+    rec = CallRecorder(media_wait=10)
+    rec.await_media(_answered_and_hung_up(rec), T0 + 60)
+    assert (rec.closing_count, rec.take_ready()) == (1, [])
+    assert rec.get_timer() == T0 + 70
+    rec.set_media("c1", {"packets": 3000, "bytes": 516000})
+    (cdr,) = rec.take_ready()
+    assert (cdr.end, cdr.ended_by, dict(cdr.media)) == (
+        T0 + 60,
+        "bye",
+        {"packets": 3000, "bytes": 516000},
+    )
+    assert rec.take_ready() == [] and rec.closing_count == 0
+    assert rec.get_timer() is None  # nothing left to wait for
+    assert rec.expire(T0 + 1000) == []
+    rec.set_media("c1", {"packets": 1})  # a duplicate comes too late: dropped
+    assert rec.take_ready() == [] and len(rec) == 0
+
+
+def test_a_closing_record_without_media_is_written_at_the_deadline_and_says_so() -> None:
+    rec = CallRecorder(media_wait=10)
+    rec.await_media(_answered_and_hung_up(rec), T0 + 60)
+    assert rec.expire(T0 + 69.9) == []
+    (cdr,) = rec.expire(T0 + 70)
+    assert dict(cdr.media) == {"error": "no release report from the agent within 10 s"}
+    assert (cdr.end, cdr.disposition) == (T0 + 60, Disposition.ANSWERED)
+    assert rec.closing_count == 0 and rec.get_timer() is None
+    rec.set_media("c1", {"packets": 5})  # after the deadline: the record is gone
+    assert rec.take_ready() == []
+
+
+def test_records_of_one_call_id_take_their_media_in_order() -> None:
+    # a call challenged by the upstream (407) is retried with the same Call-ID (§22.2):
+    # two records, two releases, reported in the order they were made
+    rec = CallRecorder(media_wait=10)
+    start(rec)
+    first = rec.response("c1", 407, T0 + 0.5)
+    assert first is not None
+    rec.await_media(first, T0 + 0.5)
+    second = _answered_and_hung_up(rec, end=T0 + 30)
+    rec.await_media(second, T0 + 30)
+    assert rec.closing_count == 2
+    rec.set_media("c1", {"bindings": ["offer"]})
+    (ready,) = rec.take_ready()
+    assert (ready.status, dict(ready.media)) == (407, {"bindings": ["offer"]})
+    assert rec.get_timer() == T0 + 40  # the first one's deadline no longer counts
+    (late,) = rec.expire(T0 + 40)
+    assert (late.status, late.end, sorted(late.media)) == (200, T0 + 30, ["error"])
+
+
+def test_media_for_a_call_in_progress_goes_into_its_record() -> None:
+    rec = CallRecorder(media_wait=10)
+    start(rec)
+    rec.set_media("c1", {"packets": 7})
+    cdr = rec.response("c1", 486, T0 + 3)
+    assert cdr is not None and dict(cdr.media) == {"packets": 7}
+
+
+def test_closing_records_stay_bounded_under_load() -> None:
+    rec = CallRecorder(media_wait=5)
+    written: list[Cdr] = []
+    for i in range(2000):  # 100 calls/s for 20 s; every other one gets its media
+        now = T0 + i * 0.01
+        rec.await_media(_answered_and_hung_up(rec, f"c{i}", end=now), now)
+        if i % 2:
+            rec.set_media(f"c{i}", {"packets": i})
+        written += rec.expire(now)
+        assert rec.closing_count <= 5 / 0.01 / 2 + 1  # those of the last media_wait only
+        assert len(rec._closing_order) <= 5 / 0.01 + 1  # tombstones included
+    written += rec.take_ready() + rec.expire(T0 + 100)
+    assert len(written) == 2000 and len({cdr.call_id for cdr in written}) == 2000
+    assert sum("error" in cdr.media for cdr in written) == 1000
+    assert rec.closing_count == 0
+    assert rec.get_timer() is None and len(rec) == 0
+    assert not rec._closing and not rec._closing_order  # no tombstones left behind
+
+
+def test_close_hands_out_what_still_waits_for_media() -> None:
+    rec = CallRecorder(media_wait=10)
+    rec.await_media(_answered_and_hung_up(rec, "c1"), T0 + 60)
+    rec.await_media(_answered_and_hung_up(rec, "c2"), T0 + 60)
+    rec.set_media("c1", {"packets": 1})
+    (stopped,) = rec.close()
+    assert stopped.call_id == "c2"
+    assert dict(stopped.media) == {"error": "the ALG stopped before the release was reported"}
+    assert [cdr.call_id for cdr in rec.take_ready()] == ["c1"]
+    assert rec.closing_count == 0 and rec.get_timer() is None
 
 
 def _cdr(call_id: str) -> Cdr:
