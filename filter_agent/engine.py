@@ -104,6 +104,9 @@ class FlowMatch:
     external_port: int
     remote_addr: str | None = None
     remote_port: int | None = None
+    # Entries our forward chain marked are all a release has to find; after a rebuild the
+    # stale ones were tracked while the table was gone, hence unmarked (see reconcile).
+    marked_only: bool = True
 
 
 class ConntrackFlusher(Protocol):
@@ -192,7 +195,9 @@ class Engine:
         # so the restored elements would never apply to the call's media. Delete every
         # entry of every live binding; the next packet is classified afresh, through the
         # rebuilt maps (a still-correct NATed entry costs nothing more than that).
-        flows = [flow for b in self._bindings.values() for flow in _flows(b)]
+        flows = [
+            replace(flow, marked_only=False) for b in self._bindings.values() for flow in _flows(b)
+        ]
         if flows and self.flusher is not None:
             try:
                 self.flusher.flush(flows)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import socket
 import struct
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from filter_agent.conntrack import PyrouteConntrackFlusher
+from filter_agent.conntrack import PyrouteConntrackFlusher, shapes
 from filter_agent.driver import parse_element
 from filter_agent.engine import FlowMatch
 from filter_agent.latch_plan import NETLINK_NETFILTER, NLMSG_ERROR, table_query
@@ -93,15 +96,44 @@ class ConntrackFlush:
     pyroute2 0.9's Conntrack drives its own asyncio loop underneath, which cannot run in
     the agent's event-loop thread ("This event loop is already running"), so flushes run
     on one worker thread, in order. The forward chain already drops a released flow per
-    packet; the flush removes its NAT state within milliseconds."""
+    packet; the flush removes its NAT state.
 
-    def __init__(self) -> None:
-        self._inner = PyrouteConntrackFlusher()
+    Flows with both ends known go at once (exact deletes, microseconds). Flows that need
+    a dump of the conntrack table (~10 ms, see conntrack.py) are gathered: at most one
+    dump per `dump_interval`, for every release made meanwhile, so the agent's conntrack
+    work stays bounded whatever the call rate. Nothing depends on the delay: the flow is
+    already dropped per packet, and its public port is quarantined far longer."""
+
+    def __init__(self, mark: int | None = None, dump_interval: float = 0.25) -> None:
+        self._inner = PyrouteConntrackFlusher(mark=mark)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conntrack")
+        self._dump_interval = dump_interval
+        self._lock = threading.Lock()
+        self._pending: list[FlowMatch] = []
+        self._scheduled = False
+        self._last_dump = -math.inf
 
     def flush(self, flows: Sequence[FlowMatch]) -> None:
-        future = self._worker.submit(self._inner.flush, list(flows))
-        future.add_done_callback(_report_flush)
+        with self._lock:
+            self._pending.extend(flows)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._worker.submit(self._round).add_done_callback(_report_flush)
+
+    def _round(self) -> int:
+        with self._lock:
+            dump = any(shapes(flow) is None for flow in self._pending)
+        if dump:
+            wait = self._last_dump + self._dump_interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # a worker thread: gathers releases, blocks nothing
+        with self._lock:
+            flows, self._pending = self._pending, []
+            self._scheduled = False
+        if any(shapes(flow) is None for flow in flows):
+            self._last_dump = time.monotonic()
+        return self._inner.flush(flows)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)

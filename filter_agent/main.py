@@ -87,7 +87,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         loaded,
         lost,
         boot_id=read_boot_id(),
-        flusher=ConntrackFlush(),
+        flusher=ConntrackFlush(mark=spec.mark),
         spec=spec,
         reader=counters.read,
         table_probe=TableProbe(spec),

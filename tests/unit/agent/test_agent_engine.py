@@ -263,10 +263,11 @@ def test_a_rebuild_deletes_the_conntrack_entries_of_every_live_binding() -> None
     other = reserve(engine, port=4010, group="call2", lifetime=300)
     fake.delete_table_behind_our_back()
     assert engine.reconcile(now=0) is True
-    flushed = {(f.internal_port, f.external_port, f.remote_addr) for f in flusher.flows}
-    expected = {
-        (inside, public, None) for binding in (b, other) for inside, public in binding.port_pairs()
+    flushed = {
+        (f.internal_port, f.external_port, f.remote_addr, f.marked_only) for f in flusher.flows
     }
+    pairs = [pair for binding in (b, other) for pair in binding.port_pairs()]
+    expected = {(inside, public, None, False) for inside, public in pairs}
     assert flushed == expected
 
 
