@@ -457,7 +457,11 @@ def group_change_from_proto(message: pb.ChangeGroupLifetimeRequest) -> GroupLife
 
 def group_grant_to_proto(grant: GroupLifetimeGrant) -> pb.ChangeGroupLifetimeResponse:
     message = pb.ChangeGroupLifetimeResponse(
-        lifetime_seconds=grant.lifetime_seconds, bindings=grant.bindings, rules=grant.rules
+        lifetime_seconds=grant.lifetime_seconds,
+        bindings=grant.bindings,
+        rules=grant.rules,
+        released_bindings=[binding_to_proto(b) for b in grant.released_bindings],
+        released_rules=[rule_to_proto(r) for r in grant.released_rules],
     )
     if grant.expires_at is not None:
         message.expires_at.CopyFrom(timestamp_to_proto(grant.expires_at))
@@ -466,7 +470,14 @@ def group_grant_to_proto(grant: GroupLifetimeGrant) -> pb.ChangeGroupLifetimeRes
 
 def group_grant_from_proto(message: pb.ChangeGroupLifetimeResponse) -> GroupLifetimeGrant:
     expires = timestamp_from_proto(message.expires_at) if message.HasField("expires_at") else None
-    return GroupLifetimeGrant(message.lifetime_seconds, expires, message.bindings, message.rules)
+    return GroupLifetimeGrant(
+        message.lifetime_seconds,
+        expires,
+        message.bindings,
+        message.rules,
+        tuple(binding_from_proto(b) for b in message.released_bindings),
+        tuple(rule_from_proto(r) for r in message.released_rules),
+    )
 
 
 def group_to_proto(group: Group) -> pb.Group:

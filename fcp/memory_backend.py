@@ -532,6 +532,12 @@ class MemoryBackend:
         rules = [
             r for r in state.rules.values() if r.owner == owner and r.rule.group_id == req.group_id
         ]
+        # A release reports what the group held (fcp.proto ChangeGroupLifetimeResponse).
+        held = (
+            (tuple(b.binding for b in members), tuple(r.rule for r in rules))
+            if granted == 0
+            else ((), ())
+        )
         if granted == 0:
             state.release_group(owner, req.group_id, now, self._config.port_reuse_delay)
         else:
@@ -540,7 +546,7 @@ class MemoryBackend:
             for rrecord in rules:
                 state.rules[rrecord.rule.rule_id] = with_lifetime(rrecord, granted, now)
         result = GroupLifetimeGrant(
-            granted, now + granted if granted else None, len(members), len(rules)
+            granted, now + granted if granted else None, len(members), len(rules), *held
         )
         return result
 

@@ -73,7 +73,10 @@ def check_id(field_name: str, value: str) -> None:
         raise malformed(field_name, "must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise malformed(field_name, f"longer than {MAX_ID_LENGTH} characters")
-    if not value.isprintable() or any(c.isspace() for c in value):
+    # str.isprintable() is False for every whitespace character except the ASCII space
+    # (controls are category Cc, separators Z*), so this is "printable and no whitespace"
+    # without a Python-level loop over the characters: it runs for every id of every call.
+    if not value.isprintable() or " " in value:
         raise malformed(field_name, "must be printable characters without spaces")
 
 
@@ -324,6 +327,10 @@ class GroupLifetimeGrant:
     expires_at: float | None
     bindings: int  # members affected
     rules: int
+    # A release (lifetime 0) reports what the group held, with final counters; empty for
+    # a positive lifetime (the objects live on: List* shows them).
+    released_bindings: tuple[Binding, ...] = ()
+    released_rules: tuple[Rule, ...] = ()
 
 
 @dataclass(frozen=True)

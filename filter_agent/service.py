@@ -340,7 +340,10 @@ class AgentService:
         eops: list[ops.Op] = []
         before: dict[str, m.Binding | m.Rule | None] = {}
         group_sizes: list[tuple[int, int]] = []
+        held: list[tuple[tuple[f.Binding, ...], tuple[f.Rule, ...]]] = []
         for index, request in enumerate(requests):
+            if isinstance(request, f.GroupLifetimeChange):
+                held.append(self._holdings(owner, request, now))
             try:
                 eops.append(
                     mutations.engine_op(
@@ -367,6 +370,7 @@ class AgentService:
         view = self._view(now)
         results: list[f.BatchResult] = []
         sizes = iter(group_sizes)
+        holdings = iter(held)
         for request, result in zip(requests, raw, strict=True):
             if isinstance(result, m.Binding):
                 before.setdefault(result.id, None)
@@ -383,11 +387,17 @@ class AgentService:
                 results.append(f.LifetimeGrant(granted, expires))
             else:
                 nb, nr = next(sizes)
+                gone_bindings, gone_rules = next(holdings)
                 expires = None if not isinstance(result, m.Group) else result.expires_at
                 granted = 0 if expires is None else view.remaining(expires)
                 results.append(
                     f.GroupLifetimeGrant(
-                        granted, None if expires is None else view.wall(expires), nb, nr
+                        granted,
+                        None if expires is None else view.wall(expires),
+                        nb,
+                        nr,
+                        gone_bindings,
+                        gone_rules,
                     )
                 )
         self._wake_if_earlier(raw)
@@ -403,6 +413,24 @@ class AgentService:
                 )
         deadline = now + self.settings.quarantine
         return tuple(results), lambda txn: mutations.persist(engine, txn, before, deadline)
+
+    def _holdings(
+        self, owner: str, request: f.GroupLifetimeChange, now: float
+    ) -> tuple[tuple[f.Binding, ...], tuple[f.Rule, ...]]:
+        """A release reports what the group held, with counters, read before the engine
+        drops them: the caller's call record then needs no List* round trips."""
+        if request.lifetime_seconds != 0:
+            return (), ()
+        queries = Queries(self.engine, self.settings.pool_name, owner, self._view(now))
+        members = sorted(
+            self.engine.list_bindings(owner, request.group_id),
+            key=lambda b: snapshot.id_number(b.id),
+        )
+        rules = [r for b in members for r in snapshot.rules_of(self.engine, b.id)]
+        return (
+            tuple(queries.binding(b) for b in members),
+            tuple(queries.rule(r) for r in sorted(rules, key=lambda r: snapshot.id_number(r.id))),
+        )
 
     # ---- FirewallBackend: queries ---------------------------------------------------------
 

@@ -127,19 +127,28 @@ class StoreTxn:
         self._db = db
         self._high = 0
 
+    # Every writer returns at once when it has nothing to write: a call touches one or
+    # two tables, and an empty executemany still costs a statement round in SQLite.
+
     def put_bindings(self, bindings: Iterable[Binding]) -> None:
         rows = [_binding_row(b) for b in bindings]
+        if not rows:
+            return
         self._high = max([self._high, *(id_number(str(r[0])) for r in rows)])
         self._db.executemany("INSERT OR REPLACE INTO bindings VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
 
     def put_rules(self, rules: Iterable[Rule]) -> None:
         rows = [_rule_row(r) for r in rules]
+        if not rows:
+            return
         self._high = max([self._high, *(id_number(str(r[0])) for r in rows)])
         self._db.executemany("INSERT OR REPLACE INTO rules VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
     def delete_bindings(self, ids: Iterable[str]) -> None:
         """Delete bindings with their rules and counters (a rule never outlives its binding)."""
         rows = [(i,) for i in ids]
+        if not rows:
+            return
         self._db.executemany(
             "DELETE FROM counters WHERE rule_id IN (SELECT id FROM rules WHERE binding_id = ?)",
             rows,
@@ -149,14 +158,15 @@ class StoreTxn:
 
     def delete_rules(self, ids: Iterable[str]) -> None:
         rows = [(i,) for i in ids]
+        if not rows:
+            return
         self._db.executemany("DELETE FROM counters WHERE rule_id = ?", rows)
         self._db.executemany("DELETE FROM rules WHERE id = ?", rows)
 
     def put_counters(self, counters: Iterable[tuple[str, Counters]]) -> None:
-        self._db.executemany(
-            "INSERT OR REPLACE INTO counters VALUES (?,?,?,?)",
-            [(rid, c.packets, c.bytes, c.last_seen) for rid, c in counters],
-        )
+        rows = [(rid, c.packets, c.bytes, c.last_seen) for rid, c in counters]
+        if rows:
+            self._db.executemany("INSERT OR REPLACE INTO counters VALUES (?,?,?,?)", rows)
 
     def put_idempotency(self, record: IdempotencyRecord) -> None:
         self._db.execute(
@@ -165,10 +175,9 @@ class StoreTxn:
         )
 
     def quarantine(self, ports: Iterable[QuarantinedPort]) -> None:
-        self._db.executemany(
-            "INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?)",
-            [(q.address, q.protocol.value, q.port, q.deadline) for q in ports],
-        )
+        rows = [(q.address, q.protocol.value, q.port, q.deadline) for q in ports]
+        if rows:
+            self._db.executemany("INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?)", rows)
 
     def prune(self, now: float) -> None:
         """Forget idempotency records and quarantined ports whose time is over."""

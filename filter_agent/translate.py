@@ -8,6 +8,7 @@ when converting, so a stepped wall clock only moves what is displayed.
 
 from __future__ import annotations
 
+import copy
 import functools
 import ipaddress
 from dataclasses import dataclass
@@ -148,13 +149,14 @@ def enable_op(request: f.RuleRequest) -> ops.EnableRule:
 
 def fingerprint(request: object) -> str:
     """What an idempotency key must be reused with: the request without its key. The repr
-    of these frozen values is deterministic and survives a restart (stored as text)."""
-    import dataclasses
+    of these frozen values is deterministic and survives a restart (stored as text).
 
-    if (
-        dataclasses.is_dataclass(request)
-        and not isinstance(request, type)
-        and any(fld.name == "idempotency_key" for fld in dataclasses.fields(request))
+    The key is blanked on a shallow copy rather than with `dataclasses.replace`, which
+    would run the validation in `__post_init__` again (it already ran when the request was
+    built): this is on every mutating call's path."""
+    if getattr(request, "idempotency_key", None) is not None and hasattr(
+        request, "__dataclass_fields__"
     ):
-        request = dataclasses.replace(request, idempotency_key=None)
+        request = copy.copy(request)
+        object.__setattr__(request, "idempotency_key", None)  # a private copy, never shared
     return repr(request)

@@ -25,7 +25,7 @@ from alg.media.actions import (
     Reserve,
 )
 from fcp.backend import FirewallBackend
-from fcp.errors import FcpError
+from fcp.errors import FcpError, Reason
 from fcp.types import (
     Binding,
     BindingRequest,
@@ -77,6 +77,23 @@ class OwnedBackend:
         return await self.backend.list_rules(self.owner, group_id, binding_id)
 
 
+async def _release(action: Release, api: AgentApi) -> ReleaseReport:
+    """One RPC: the release answer carries what the group held, with its final counters
+    (fcp.proto ChangeGroupLifetimeResponse), which the call record needs. Listing first
+    cost two more round trips per call, each ~0.3 ms of agent CPU. A group that is
+    already gone (expired, released by an operator) held nothing more to report. A retry
+    with the same idempotency key gets the first answer, report included."""
+    try:
+        grant = await api.change_group_lifetime(
+            GroupLifetimeChange(action.group_id, 0, action.idempotency_key)
+        )
+    except FcpError as exc:
+        if exc.reason is Reason.NOT_FOUND:
+            return ReleaseReport((), ())
+        raise
+    return ReleaseReport(grant.released_bindings, grant.released_rules)
+
+
 async def perform(action: AgentAction, api: AgentApi) -> AgentResult:
     try:
         if isinstance(action, Reserve):
@@ -88,13 +105,7 @@ async def perform(action: AgentAction, api: AgentApi) -> AgentResult:
         if isinstance(action, ChangeGroup):
             return Done(action.token, await api.change_group_lifetime(action.request))
         if isinstance(action, Release):
-            bindings = tuple(await api.list_bindings(action.group_id))
-            rules = tuple(await api.list_rules(action.group_id))
-            if bindings or rules:
-                await api.change_group_lifetime(
-                    GroupLifetimeChange(action.group_id, 0, action.idempotency_key)
-                )
-            return Done(action.token, ReleaseReport(bindings, rules))
+            return Done(action.token, await _release(action, api))
     except FcpError as exc:
         return Failed(action.token, exc)
     raise TypeError(f"unknown action {action!r}")

@@ -805,6 +805,8 @@ class ChangeGroupLifetimeResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     BINDINGS_FIELD_NUMBER: _builtins.int
     RULES_FIELD_NUMBER: _builtins.int
+    RELEASED_BINDINGS_FIELD_NUMBER: _builtins.int
+    RELEASED_RULES_FIELD_NUMBER: _builtins.int
     lifetime_seconds: _builtins.int
     """granted; 0 when released"""
     bindings: _builtins.int
@@ -812,6 +814,15 @@ class ChangeGroupLifetimeResponse(_message.Message):
     rules: _builtins.int
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def released_bindings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Binding]:
+        """Release (lifetime 0) only: what the group held, with its final counters (as of the
+        agent's last counter poll), so that a caller writing a call record needs no List*
+        round trips before releasing (every RPC costs the agent a fixed ~0.3 ms of CPU).
+        """
+
+    @_builtins.property
+    def released_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]: ...
     def __init__(
         self,
         *,
@@ -819,10 +830,12 @@ class ChangeGroupLifetimeResponse(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         bindings: _builtins.int = ...,
         rules: _builtins.int = ...,
+        released_bindings: _abc.Iterable[Global___Binding] | None = ...,
+        released_rules: _abc.Iterable[Global___Rule] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "expires_at", b"expires_at", "lifetime_seconds", b"lifetime_seconds", "rules", b"rules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bindings", b"bindings", "expires_at", b"expires_at", "lifetime_seconds", b"lifetime_seconds", "released_bindings", b"released_bindings", "released_rules", b"released_rules", "rules", b"rules"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -271,3 +271,31 @@ async def test_batch_reserves_and_enables_in_one_call_by_reference(
         await client.batch([by_ref, reserve(port=4200)])
     assert info.value.reason is Reason.MALFORMED
     assert len(await client.list_bindings()) == 2
+
+
+async def test_release_reports_what_the_group_held_with_kernel_counters(
+    connect: Any, kernel: Kernel, service: AgentService
+) -> None:
+    """ChangeGroupLifetime(0) answers with the group's bindings and rules as they were
+    just before the release (counters from the last observe), so the ALG's call record
+    needs no List* round trips; a retry with the same key replays it."""
+    client = await connect()
+    binding = await client.reserve_binding(reserve())
+    rule = await client.enable_rule(enable(binding.binding_id))
+    await client.reserve_binding(reserve(group="call-2", port=4100))
+    kernel.driver.count("in4", ("udp", str(INSIDE), 4000, str(REMOTE), 5000), 10, 1720)
+    service.observe_now()
+    listed = (tuple(await client.list_bindings("call-1")), tuple(await client.list_rules("call-1")))
+
+    grant = await client.change_group_lifetime(GroupLifetimeChange("call-1", 0, "release-1"))
+
+    assert (grant.bindings, grant.rules) == (1, 1)
+    assert (grant.released_bindings, grant.released_rules) == listed
+    assert grant.released_rules[0].rule_id == rule.rule_id
+    counted = grant.released_rules[0].counters.packets, grant.released_bindings[0].counters.bytes
+    assert counted == (10, 1720)
+    assert await client.list_bindings("call-1") == []
+    again = await client.change_group_lifetime(GroupLifetimeChange("call-1", 0, "release-1"))
+    assert again == grant
+    kept = await client.change_group_lifetime(GroupLifetimeChange("call-2", 30))
+    assert (kept.released_bindings, kept.released_rules) == ((), ())
