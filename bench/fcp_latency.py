@@ -7,13 +7,21 @@ the same namespace and talks to it over mutual TLS on that namespace's 127.0.0.1
 1. latency: ReserveBinding + EnableRule round trips at a steady RATE per second for
    DURATION seconds (open loop: a slow answer does not slow the schedule); p50/p99 of
    the pair. Then the same calls as ONE Batch each (the rule names the reservation by
-   `binding_ref`), which is what an ALG does when it knows both ends.
+   `binding_ref`), which is what an ALG does when it knows both ends. Then ONE
+   ReserveBinding per call, which is what the ALG does when an offer crosses it (the
+   EnableRule comes with the answer, later): the agent's share of the post-dial delay.
+   Every phase also reports the CPU time per operation of the agent process and of the
+   client, from /proc: unlike latency, robust when other work shares the machine.
 2. install rate: 100,000 rules via Batch (64 operations per batch, several batches in
    flight), on 5,000 bindings of 20 remotes each.
 
 Aims: p50 < 1 ms, p99 < 5 ms, >= 10,000 rules/s. Summary lines at the end:
-`fcp_batch_reserve_enable_p50`, `fcp_reserve_enable_p99`, `fcp_install_rules_per_s`,
-and, LAST, `fcp_reserve_enable_p50: <value> ms` (two RPCs, as before).
+`fcp_agent_cpu_per_reserve_enable`, `fcp_agent_cpu_per_batch_reserve_enable`,
+`fcp_reserve_p50`, `fcp_batch_reserve_enable_p50`, `fcp_reserve_enable_p99`,
+`fcp_install_rules_per_s`, and, LAST, `fcp_reserve_enable_p50: <value> ms` (two RPCs,
+as before). The floor: one grpc.aio unary round trip over mTLS costs ~0.5 ms on the
+lab machine (~0.3 ms of it server CPU), even for an echo handler, so two sequential
+RPCs cannot be under 1 ms here; one Batch can.
 
     .venv/bin/python bench/fcp_latency.py [--rate 200] [--duration 10] [--rules 100000]
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import statistics
 import subprocess
 import sys
@@ -58,7 +67,29 @@ rules_per_binding = 32
 # ---- client side (runs inside the lab) ---------------------------------------------------
 
 
-async def client_main(target: str, pki: Path, rate: float, duration: float, nrules: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) from /proc: robust to
+    other load on the machine, unlike wall-clock latency."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU per operation of the agent and of this (client) process over one phase."""
+
+    def __init__(self, agent_pid: int) -> None:
+        self.agent_pid = agent_pid
+        self.agent = cpu_seconds(agent_pid)
+        self.client = time.process_time()
+
+    def per_op_ms(self, ops: int) -> tuple[float, float]:
+        agent = (cpu_seconds(self.agent_pid) - self.agent) * 1000 / ops
+        return agent, (time.process_time() - self.client) * 1000 / ops
+
+
+async def client_main(
+    target: str, pki: Path, rate: float, duration: float, nrules: int, *, agent_pid: int
+) -> None:
     from fcp.client import ClientTls, FcpClient, RetryPolicy
     from fcp.types import (
         Binding,
@@ -126,25 +157,57 @@ async def client_main(target: str, pki: Path, rate: float, duration: float, nrul
                 samples[-1] * 1000,
             )
 
+        meter = CpuMeter(agent_pid)
         await open_loop(one)
+        pair_cpu, pair_client_cpu = meter.per_op_ms(count)
         p50, p99, top = percentiles(latencies)
         print(f"reserve+enable round trips: {count} at {rate:.0f}/s", flush=True)
         print(f"  p50 {p50:.3f} ms  p99 {p99:.3f} ms  max {top:.3f} ms")
+        print(f"  CPU per pair: agent {pair_cpu:.3f} ms, client {pair_client_cpu:.3f} ms")
         # The transport's share: two sequential no-op RPCs (GetExternalAddress).
         floor: list[float] = []
+        meter = CpuMeter(agent_pid)
         for _ in range(500):
             start = time.perf_counter()
             await client.get_external_addresses()
             await client.get_external_addresses()
             floor.append(time.perf_counter() - start)
         fp50, _fp99, _ftop = percentiles(floor)
+        floor_cpu, floor_client_cpu = meter.per_op_ms(500)
         print(f"  floor: two no-op RPCs (GetExternalAddress) p50 {fp50:.3f} ms")
+        print(f"  CPU per no-op pair: agent {floor_cpu:.3f} ms, client {floor_client_cpu:.3f} ms")
         inside2 = ipaddress.IPv4Address("10.77.0.11")
         batch_latencies: list[float] = []
+        meter = CpuMeter(agent_pid)
         await open_loop(one_batch)
+        batch_cpu, batch_client_cpu = meter.per_op_ms(count)
         bp50, bp99, btop = percentiles(batch_latencies)
         print(f"reserve+enable as one Batch (binding_ref): {count} at {rate:.0f}/s", flush=True)
         print(f"  p50 {bp50:.3f} ms  p99 {bp99:.3f} ms  max {btop:.3f} ms")
+        print(f"  CPU per Batch: agent {batch_cpu:.3f} ms, client {batch_client_cpu:.3f} ms")
+
+        # What the ALG does when an offer crosses (one m-line): ONE ReserveBinding; the
+        # EnableRule follows when the answer crosses, a call-setup time later. This round
+        # trip is the post-dial delay anchoring adds on the agent's side (issue #5).
+        inside3 = ipaddress.IPv4Address("10.77.0.13")
+        single_latencies: list[float] = []
+
+        async def one_reserve(i: int) -> None:
+            start = time.perf_counter()
+            await client.reserve_binding(
+                BindingRequest(
+                    f"one{i}", Endpoint(inside3, 2000 + 2 * i), udp, BindingKind.RTP_PAIR, 600
+                )
+            )
+            single_latencies.append(time.perf_counter() - start)
+
+        meter = CpuMeter(agent_pid)
+        await open_loop(one_reserve)
+        single_cpu, single_client_cpu = meter.per_op_ms(count)
+        sp50, sp99, stop = percentiles(single_latencies)
+        print(f"one ReserveBinding (an offer crossing the ALG): {count} at {rate:.0f}/s")
+        print(f"  p50 {sp50:.3f} ms  p99 {sp99:.3f} ms  max {stop:.3f} ms")
+        print(f"  CPU per call: agent {single_cpu:.3f} ms, client {single_client_cpu:.3f} ms")
 
         # 2. install rate via Batch.
         per_binding = 20
@@ -193,6 +256,9 @@ async def client_main(target: str, pki: Path, rate: float, duration: float, nrul
         await open_loop(one)
         lp50, lp99, _ = percentiles(latencies)
         print(f"reserve+enable with {len(rules)} rules live: p50 {lp50:.3f} ms  p99 {lp99:.3f} ms")
+        print(f"fcp_agent_cpu_per_reserve_enable: {pair_cpu:.3f} ms")
+        print(f"fcp_agent_cpu_per_batch_reserve_enable: {batch_cpu:.3f} ms")
+        print(f"fcp_reserve_p50: {sp50:.3f} ms")
         print(f"fcp_batch_reserve_enable_p50: {bp50:.3f} ms")
         print(f"fcp_reserve_enable_p99: {p99:.3f} ms")
         print(f"fcp_install_rules_per_s: {len(rules) / rule_time:.0f}")
@@ -233,11 +299,20 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--rules", type=int, default=100_000)
-    parser.add_argument("--client", nargs=2, metavar=("TARGET", "PKI"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--client", nargs=3, metavar=("TARGET", "PKI", "AGENT_PID"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.client:
         asyncio.run(
-            client_main(args.client[0], Path(args.client[1]), args.rate, args.duration, args.rules)
+            client_main(
+                args.client[0],
+                Path(args.client[1]),
+                args.rate,
+                args.duration,
+                args.rules,
+                agent_pid=int(args.client[2]),
+            )
         )
         return 0
 
@@ -287,6 +362,7 @@ def main() -> int:
                     "--client",
                     f"127.0.0.1:{PORT}",
                     str(work / "pki"),
+                    str(agent.pid),  # `ip netns exec` execs the agent: same pid
                 ],
                 cwd=ROOT,
                 check=False,
