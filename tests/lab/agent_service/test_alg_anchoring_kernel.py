@@ -6,97 +6,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import PORT, ROOT, AgentLab
+from agent_lab import AgentLab
+from anchoring_helpers import (
+    SIPP,
+    alg_config,
+    await_answer,
+    in_ns,
+    inside_phone,
+    kernel_elements,
+    outside_phone,
+    start_alg,
+    stop,
+)
 
 from labs.netns import wait_until
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peers]
-
-SIPP = ROOT / "labs" / "sipp"
-
-
-def alg_config(lab: AgentLab, media_extra: str = "") -> Path:
-    pki = lab.workdir / "pki"
-    path = lab.workdir / "alg.toml"
-    path.write_text(
-        f"""
-[inside]
-address = "10.77.0.1"
-transports = ["udp"]
-[outside]
-address = "203.0.113.1"
-transports = ["udp"]
-[proxy]
-inside_networks = ["10.77.0.0/24"]
-[media]
-enabled = true
-{media_extra}
-[[media.agents]]
-name = "gw1"
-address = "127.0.0.1:{PORT}"
-ca = "{pki}/ca.pem"
-cert = "{pki}/alg-1.pem"
-key = "{pki}/alg-1.key"
-[log]
-level = "INFO"
-"""
-    )
-    return path
-
-
-def in_ns(lab: AgentLab, ns: str, *command: str, **kw: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["ip", "netns", "exec", ns, *command], cwd=lab.workdir, **kw)  # type: ignore[call-overload]
-
-
-def outside_phone(
-    lab: AgentLab, scenario: str, *, calls: int = 1, trace: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """The outside callee (sipp at 203.0.113.20); `trace` keeps every message it saw."""
-    argv = [
-        "sipp",
-        "-sf",
-        str(SIPP / scenario),
-        "-i",
-        "203.0.113.20",
-        "-p",
-        "5060",
-        "-m",
-        str(calls),
-        "-nostdin",
-    ]
-    if trace is not None:
-        argv += ["-trace_msg", "-message_file", str(trace)]
-    return in_ns(lab, lab.g.outside, *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def inside_phone(
-    lab: AgentLab, scenario: str, *, pause_ms: int | None = None
-) -> subprocess.Popen[bytes]:
-    """One call from the inside caller (sipp at 10.77.0.10) through the ALG."""
-    argv = [
-        "sipp",
-        "-sf",
-        str(SIPP / scenario),
-        "203.0.113.20:5060",
-        "-rsa",
-        "10.77.0.1:5060",
-        "-i",
-        "10.77.0.10",
-        "-p",
-        "5060",
-        "-m",
-        "1",
-        "-s",
-        "bob",
-        "-nostdin",
-    ]
-    if pause_ms is not None:
-        argv += ["-d", str(pause_ms)]
-    return in_ns(lab, lab.g.inside, *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def test_anchored_calls_hide_the_inside_and_release_everything(agent_lab: AgentLab) -> None:
@@ -181,29 +108,6 @@ def test_anchored_calls_hide_the_inside_and_release_everything(agent_lab: AgentL
         log.close()
 
 
-def _public_media_port(messages: Path) -> int | None:
-    """The m= port the outside phone was offered (the agent's binding), once seen."""
-    if not messages.exists():
-        return None
-    for line in messages.read_text(errors="replace").splitlines():
-        if line.startswith("m=audio "):
-            return int(line.split()[1])
-    return None
-
-
-def _await_answer(messages: Path) -> int:
-    """Wait until the outside phone saw the caller's ACK (the answer was relayed, so the
-    rules are enabled); the public port it was offered (the agent's binding)."""
-    wait_until(
-        lambda: b"ACK sip:" in (messages.read_bytes() if messages.exists() else b""),
-        10,
-        what="call answered",
-    )
-    port = _public_media_port(messages)
-    assert port is not None
-    return port
-
-
 def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: AgentLab) -> None:
     from labs.traffic import now
 
@@ -228,7 +132,7 @@ def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: Ag
         assert b"ready" in alg.stdout.readline()
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=10000)
-        port = _await_answer(messages)
+        port = await_answer(messages)
 
         # inbound: the callee's media reaches the caller's inside port through the binding
         rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=1.5)
@@ -280,41 +184,6 @@ def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: Ag
         log.close()
 
 
-def _start_alg(lab: AgentLab) -> tuple[subprocess.Popen[bytes], Any]:
-    log = (lab.workdir / "alg.log").open("wb")
-    alg = in_ns(
-        lab,
-        lab.g.gw,
-        sys.executable,
-        "-m",
-        "sipwall",
-        "alg",
-        "--config",
-        str(alg_config(lab)),
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
-    assert alg.stdout is not None
-    assert b"ready" in alg.stdout.readline(), (lab.workdir / "alg.log").read_text()
-    return alg, log
-
-
-def _stop(*procs: subprocess.Popen[bytes] | None) -> None:
-    for proc in procs:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
-
-
-def _kernel_elements(lab: AgentLab, name: str) -> int:
-    listing = lab.nft(
-        "-j", "list", "map" if name.endswith("nat4") else "set", "inet", "sipwall", name
-    ).stdout
-    return listing.count('"elem"')
-
-
 @pytest.mark.parametrize(
     ("caller", "callee"),
     [("uac_busy_sdp.xml", "uas_busy.xml"), ("uac_cancel_sdp.xml", "uas_cancel_hidden.xml")],
@@ -323,7 +192,7 @@ def test_busy_and_cancelled_calls_leave_no_binding(
     agent_lab: AgentLab, caller: str, callee: str
 ) -> None:
     lab = agent_lab
-    alg, log = _start_alg(lab)
+    alg, log = start_alg(lab)
     uas = None
     try:
         uas = outside_phone(lab, callee, calls=2)
@@ -362,10 +231,10 @@ def test_busy_and_cancelled_calls_leave_no_binding(
             cwd=lab.workdir,
         )
         assert uac.returncode == 0, uac.stderr[-2000:]
-        wait_until(lambda: _kernel_elements(lab, "dnat4") == 0, 10, what="bindings released")
-        assert _kernel_elements(lab, "in4") == 0 and _kernel_elements(lab, "in4a") == 0
+        wait_until(lambda: kernel_elements(lab, "dnat4") == 0, 10, what="bindings released")
+        assert kernel_elements(lab, "in4") == 0 and kernel_elements(lab, "in4a") == 0
     finally:
-        _stop(alg, uas)
+        stop(alg, uas)
         log.close()
 
 
@@ -391,13 +260,13 @@ def test_outside_link_never_carries_an_inside_address_and_media_survives_the_age
         stderr=subprocess.DEVNULL,
     )
     wait_until(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, what="capture running")
-    alg, log = _start_alg(lab)
+    alg, log = start_alg(lab)
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
     try:
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=12000)
-        port = _await_answer(messages)
+        port = await_answer(messages)
         # media both ways while the agent is killed: the kernel keeps forwarding
         rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=4)
         tx = lab.send(
@@ -424,7 +293,7 @@ def test_outside_link_never_carries_an_inside_address_and_media_survives_the_age
             what="released after the agent came back",
         )
     finally:
-        _stop(alg, uas, uac)
+        stop(alg, uas, uac)
         log.close()
         if capture.poll() is None:
             capture.terminate()
@@ -467,7 +336,7 @@ def test_a_dead_alg_leaves_nothing_open_once_the_lifetime_runs_out(agent_lab: Ag
         assert b"ready" in alg.stdout.readline()
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=300000)
-        port = _await_answer(messages)
+        port = await_answer(messages)
         answered = now()
         assert b"Session-Expires: 90" in messages.read_bytes()  # inserted by the ALG
         rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=120)
@@ -486,7 +355,7 @@ def test_a_dead_alg_leaves_nothing_open_once_the_lifetime_runs_out(agent_lab: Ag
         alg.wait(timeout=10)
         killed = now()
         wait_until(
-            lambda: _kernel_elements(lab, "dnat4") == 0, 110, what="the kernel expired the binding"
+            lambda: kernel_elements(lab, "dnat4") == 0, 110, what="the kernel expired the binding"
         )
         expired = now()
         wait_until(lambda: tx.sent_until() > expired + 1.5, 15, what="sender kept going")
@@ -494,15 +363,15 @@ def test_a_dead_alg_leaves_nothing_open_once_the_lifetime_runs_out(agent_lab: Ag
         assert max(p.t for p in got) > killed + 30  # media went on without the ALG
         assert max(p.t for p in got) <= expired + 1.0  # and stopped with the lifetime
         assert expired - answered <= 92 + 5  # the lifetime the ALG asked for, no more
-        assert _kernel_elements(lab, "in4") == 0
+        assert kernel_elements(lab, "in4") == 0
     finally:
-        _stop(alg, uas, uac)
+        stop(alg, uas, uac)
         log.close()
 
 
 def test_hold_and_resume_keep_the_binding_and_media_flows_again(agent_lab: AgentLab) -> None:
     lab, g = agent_lab, agent_lab.g
-    alg, log = _start_alg(lab)
+    alg, log = start_alg(lab)
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
 
@@ -520,7 +389,7 @@ def test_hold_and_resume_keep_the_binding_and_media_flows_again(agent_lab: Agent
         uac = inside_phone(lab, "uac_hold_resume.xml")
         wait_until(lambda: acks() >= 2, 15, what="on hold (second ACK)")
         assert b"a=sendonly" in messages.read_bytes()
-        assert _kernel_elements(lab, "dnat4") >= 1  # hold keeps the binding
+        assert kernel_elements(lab, "dnat4") >= 1  # hold keeps the binding
         wait_until(lambda: acks() >= 3, 15, what="resumed (third ACK)")
         ports = offered_ports()
         assert len(ports) == 3 and len(set(ports)) == 1, ports  # one binding all along
@@ -544,7 +413,7 @@ def test_hold_and_resume_keep_the_binding_and_media_flows_again(agent_lab: Agent
             what="released after the hangup",
         )
     finally:
-        _stop(alg, uas, uac)
+        stop(alg, uas, uac)
         log.close()
 
 
@@ -552,13 +421,13 @@ def test_a_firewall_reload_mid_call_is_repaired_and_media_resumes(agent_lab: Age
     from labs.traffic import now
 
     lab, g = agent_lab, agent_lab.g
-    alg, log = _start_alg(lab)
+    alg, log = start_alg(lab)
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
     try:
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=12000)
-        port = _await_answer(messages)
+        port = await_answer(messages)
         rx = lab.recv(g.inside, "10.77.0.10", 16000, duration=8)
         tx = lab.send(
             g.outside, "203.0.113.20", 17000, "203.0.113.1", port, tag="f", count=600, interval=0.01
@@ -567,7 +436,7 @@ def test_a_firewall_reload_mid_call_is_repaired_and_media_resumes(agent_lab: Age
         # an operator reloads the host firewall: every table, ours included, is gone
         assert lab.nft("flush", "ruleset").returncode == 0
         flushed = now()
-        wait_until(lambda: _kernel_elements(lab, "dnat4") >= 1, 5, what="table rebuilt")
+        wait_until(lambda: kernel_elements(lab, "dnat4") >= 1, 5, what="table rebuilt")
         rebuilt = now()
         tx.wait()
         rx.wait()
@@ -576,5 +445,5 @@ def test_a_firewall_reload_mid_call_is_repaired_and_media_resumes(agent_lab: Age
         assert len(after) >= 100, "media did not resume after the rebuild"
         assert uac.wait(timeout=30) == 0
     finally:
-        _stop(alg, uas, uac)
+        stop(alg, uas, uac)
         log.close()
