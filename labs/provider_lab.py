@@ -1,0 +1,225 @@
+"""The `provider` scenario: sipwall in front of a real SIP provider (Kamailio).
+
+Topology (labs/topologies/provider.toml): alice 10.77.0.10 inside; the gateway 10.77.0.1 |
+203.0.113.1 runs the filter agent and the ALG; carol 203.0.113.20 outside; the provider
+198.51.100.10 behind the ISP router 203.0.113.254 | 198.51.100.1.
+
+What `ProviderLab` sets up on a built lab:
+
+* Kamailio as the registrar and proxy of `provider.example` (labs/kamailio/provider.cfg)
+  in the provider namespace, started through the lab (so teardown stops it), in the
+  foreground with its pid file and runtime directory in the lab directory;
+* the agent and the ALG in the gateway namespace, as `sipwall lab demo` starts them
+  (labs.demo: lab PKI, FCP on 127.0.0.1, public pool 203.0.113.1), with the ALG's default
+  upstream (outbound proxy) being the provider: requests from the inside for other domains
+  — alice's REGISTER and her calls — go there, with inside addresses masked;
+* phones: alice registers `sip:alice@provider.example` with the ALG (10.77.0.1) as her
+  outbound proxy; carol registers `sip:carol@provider.example` at the provider directly.
+  Both authenticate to the provider with their own passwords (USERS, as in provider.cfg).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fcp.certs import generate_lab_pki, write_lab_pki
+from labs import build
+from labs.baresip import Phone, PhoneConfig
+from labs.demo import AGENT_TOML, FCP_PORT, GW_INSIDE, GW_OUTSIDE, Demo, DemoFailure
+
+SCENARIO = "provider"
+PROVIDER_CFG = Path(__file__).resolve().parent / "kamailio" / "provider.cfg"
+PROVIDER = "198.51.100.10"
+DOMAIN = "provider.example"
+CTL = "udp:127.0.0.1:2046"  # provider.cfg's ctl binrpc socket, inside the namespace
+USERS = {u: f"{u}-secret" for u in ("alice", "bob", "carol", "dave")}  # as provider.cfg
+TONES = {"alice": 440, "bob": 550, "carol": 660, "dave": 770}
+INSIDE_USERS = frozenset({"alice", "bob"})
+
+ALG_TOML = """\
+[inside]
+address = "{inside}"
+transports = ["udp"]
+[outside]
+address = "{outside}"
+transports = ["udp"]
+[proxy]
+inside_networks = ["10.77.0.0/24"]
+upstream = "{upstream}:5060"
+[registrar]
+enabled = true
+database = ":memory:"
+[media]
+enabled = true
+[[media.agents]]
+name = "gw1"
+address = "127.0.0.1:{port}"
+ca = "{pki}/ca.pem"
+cert = "{pki}/alg-1.pem"
+key = "{pki}/alg-1.key"
+[log]
+level = "DEBUG"
+"""
+
+
+class ProviderLabError(DemoFailure):
+    """Something in the provider scenario did not start or answer in time (a DemoFailure:
+    the demo's process helpers used here raise those)."""
+
+
+def wait_for(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
+    """Call `probe` until it returns something truthy; ProviderLabError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise ProviderLabError(f"{what}: not within {timeout:g}s")
+        time.sleep(0.05)  # polling, bounded by the deadline
+
+
+@dataclass(frozen=True)
+class Registered:
+    """One contact of the provider's location service (`kamcmd ul.dump`)."""
+
+    aor: str
+    contact: str
+    received: str | None
+
+
+@dataclass
+class ProviderLab:
+    lab: build.RunningLab
+    work: Path
+    _demo: Demo | None = None
+    _kamailio: subprocess.Popen[bytes] | None = None
+    phones: dict[str, Phone] = field(default_factory=dict)
+
+    # -- daemons ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Kamailio, then the agent and the ALG (configs written into `work`)."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.start_kamailio()
+        pki = self.work / "pki"
+        write_lab_pki(pki, generate_lab_pki(["127.0.0.1"], ["alg-1", "ctl"]))
+        (self.work / "agent.toml").write_text(AGENT_TOML.format(port=FCP_PORT, public=GW_OUTSIDE))
+        (self.work / "alg.toml").write_text(
+            ALG_TOML.format(
+                inside=GW_INSIDE, outside=GW_OUTSIDE, upstream=PROVIDER, port=FCP_PORT, pki=pki
+            )
+        )
+        # the demo's process handling: started through the lab, waited for, stopped
+        self._demo = Demo(
+            self.work, self.lab.name, say=lambda _: None, lab=self.lab, work=self.work
+        )
+        self._demo.start_agent_and_alg()
+
+    def start_kamailio(self) -> None:
+        rundir = self.work / "kamailio"
+        rundir.mkdir(parents=True, exist_ok=True)
+        argv = ["kamailio", "-f", str(PROVIDER_CFG), "-P", str(rundir / "kamailio.pid")]
+        argv += ["-Y", str(rundir), "-n", "2", "-DD", "-E"]
+        proc = self.lab.spawn("provider", argv, name="kamailio")
+        self._kamailio = proc
+        log = self.lab.log_path("provider", "kamailio")
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
+                raise ProviderLabError(f"kamailio exited ({proc.returncode}): {tail}")
+            done = self.lab.run("provider", ["ss", "-Hunl"], check=False)
+            # SIP bound and the ctl socket answering: the workers are up
+            return f"{PROVIDER}:5060 " in done.stdout and self.kamcmd("core.uptime") is not None
+
+        wait_for(f"kamailio listening on {PROVIDER}:5060", 20, listening)
+
+    def kamcmd(self, *command: str) -> str | None:
+        done = self.lab.run("provider", ["kamcmd", "-s", CTL, *command], timeout=10, check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    def stop(self) -> None:
+        """Phones, the ALG and the agent, then Kamailio (the lab's teardown would too)."""
+        for phone in self.phones.values():
+            phone.stop()
+        self.phones.clear()
+        if self._demo is not None:
+            self._demo.stop_daemons()
+        proc = self._kamailio
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.lab.forget(proc)
+
+    # -- what the provider and the agent hold -----------------------------------------------
+
+    def registered(self) -> list[Registered]:
+        """The provider's location service, from `kamcmd ul.dump` (AOR, Contact,
+        Received per binding)."""
+        text = self.kamcmd("ul.dump")
+        if text is None:
+            raise ProviderLabError("kamcmd ul.dump failed")
+        found: list[Registered] = []
+        aor = ""
+        for line in text.splitlines():
+            key, _, value = line.strip().partition(":")
+            value = value.strip()
+            if key == "AoR":
+                aor = value
+            elif key == "Address":
+                found.append(Registered(aor, value, None))
+            elif key == "Received" and found and value and value != "[not set]":
+                found[-1] = Registered(found[-1].aor, found[-1].contact, value)
+        return found
+
+    def provider_log(self) -> str:
+        """What Kamailio logged (provider.cfg logs each challenge, REGISTER and call it
+        routes, as `provider: ...` lines)."""
+        return self.lab.log_path("provider", "kamailio").read_text(errors="replace")
+
+    def agent(self, what: str) -> list[dict[str, Any]]:
+        """`sipwall ctl bindings|rules --json` against the gateway's agent."""
+        assert self._demo is not None
+        return self._demo.ctl(what)
+
+    # -- phones -------------------------------------------------------------------------
+
+    def phone(self, user: str) -> Phone:
+        """alice behind sipwall (outbound proxy: the ALG), carol at the provider."""
+        if user in self.phones:
+            return self.phones[user]
+        inside = user in INSIDE_USERS
+        proxy = f"sip:{GW_INSIDE}:5060" if inside else f"sip:{PROVIDER}:5060"
+        config = PhoneConfig(
+            user,
+            self.lab.address(user),
+            tone_hz=TONES[user],
+            domain=DOMAIN,
+            registrar=f"sip:{DOMAIN}",
+            outbound_proxy=proxy,
+            password=USERS[user],
+            register_interval=600,
+            rtp_ports=(10000, 10099) if inside else (12000, 12099),
+        )
+        phone = Phone(self.lab, user, config, self.work / user).start()
+        self.phones[user] = phone
+        return phone
+
+
+def wait_registered(phone: Phone, timeout: float = 20) -> None:
+    wait_for(f"{phone.host} registered", timeout, phone.registered)
+
+
+def wait_agent_empty(pl: ProviderLab, timeout: float = 15) -> None:
+    """Poll until the agent holds no binding and no pinhole (released after a hangup)."""
+    wait_for("the agent empty", timeout, lambda: not pl.agent("rules") and not pl.agent("bindings"))
