@@ -43,6 +43,7 @@ from fcp.ctl import table
 from labs import build
 from labs import state as st
 from labs.baresip import Phone, PhoneConfig, PhoneError
+from labs.gateway_config import AgentEntry, AgentFiles, AlgFiles, agent_toml, alg_toml
 from labs.nsock import socket_in
 from labs.tone import Tone, ToneError, analyse
 from labs.topology import load
@@ -65,53 +66,16 @@ TALK_SECONDS = 2.5  # audio each phone must have heard before the hangup
 CAPTURE_LIMIT_S = 300  # dumpcap stops by itself even if we could not stop it
 LATE_PACKETS = 5
 
-AGENT_TOML = """\
-[agent]
-listen = "127.0.0.1:{port}"
-state_db = "agent.db"
-log_level = "INFO"
-observe_interval = 0.5
-table_poll_interval = 0.25
 
-[tls]
-ca = "pki/ca.pem"
-cert = "pki/server.pem"
-key = "pki/server.key"
-
-[clients]
-allowed = ["alg-1"]
-admin = ["ctl"]
-
-[pool]
-addresses = ["{public}"]
-port_min = 20000
-port_max = 29999
-"""
-
-ALG_TOML = """\
-[inside]
-address = "{inside}"
-transports = ["udp"]
-[outside]
-address = "{outside}"
-transports = ["udp"]
-[proxy]
-inside_networks = ["10.77.0.0/24"]
-domains = ["{domain}"]
-[registrar]
-enabled = true
-database = ":memory:"
-[media]
-enabled = true
-[[media.agents]]
-name = "gw1"
-address = "127.0.0.1:{port}"
-ca = "{pki}/ca.pem"
-cert = "{pki}/alg-1.pem"
-key = "{pki}/alg-1.key"
-[log]
-level = "DEBUG"
-"""
+def write_gateway_configs(
+    work: Path, pki: Path, *, domains: Sequence[str] = (), upstream: str | None = None
+) -> None:
+    """agent.toml and alg.toml of the `basic` gateway (one agent, FCP on 127.0.0.1)."""
+    agent = AgentFiles(f"127.0.0.1:{FCP_PORT}", GW_OUTSIDE, pki)
+    (work / "agent.toml").write_text(agent_toml(agent))
+    entry = AgentEntry("gw1", f"127.0.0.1:{FCP_PORT}", pki)
+    alg = AlgFiles(GW_INSIDE, GW_OUTSIDE, (entry,), domains, upstream, log_level="DEBUG")
+    (work / "alg.toml").write_text(alg_toml(alg))
 
 
 class DemoFailure(RuntimeError):
@@ -201,12 +165,7 @@ class Demo:
         self.work.mkdir()
         pki = self.work / "pki"
         write_lab_pki(pki, generate_lab_pki(["127.0.0.1"], ["alg-1", "ctl"]))
-        (self.work / "agent.toml").write_text(AGENT_TOML.format(port=FCP_PORT, public=GW_OUTSIDE))
-        (self.work / "alg.toml").write_text(
-            ALG_TOML.format(
-                inside=GW_INSIDE, outside=GW_OUTSIDE, domain=DOMAIN, port=FCP_PORT, pki=pki
-            )
-        )
+        write_gateway_configs(self.work, pki, domains=(DOMAIN,))
 
     def start_captures(self) -> None:
         lab = self._lab()

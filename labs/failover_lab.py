@@ -49,6 +49,7 @@ from typing import Any
 from fcp.certs import generate_ca, issue_client, issue_server, write_pair
 from labs import build
 from labs.baresip import Phone, PhoneConfig
+from labs.gateway_config import AgentEntry, AgentFiles, AlgFiles, agent_toml, alg_toml
 from labs.nsock import socket_in
 from labs.topology import load
 
@@ -74,61 +75,6 @@ GATEWAYS = (
     Gateway("gw2", "10.77.0.2", "203.0.113.2", f"10.77.0.2:{FCP_PORT}", 1.0),
 )
 ALG_GW = GATEWAYS[0]
-
-AGENT_TOML = """\
-[agent]
-listen = "{listen}"
-state_db = "{work}/{host}-agent.db"
-log_level = "INFO"
-observe_interval = 0.5
-table_poll_interval = 0.25
-
-[tls]
-ca = "{pki}/ca.pem"
-cert = "{pki}/{host}-server.pem"
-key = "{pki}/{host}-server.key"
-
-[clients]
-allowed = ["alg-1"]
-admin = ["ctl"]
-
-[pool]
-addresses = ["{public}"]
-port_min = 20000
-port_max = 29999
-"""
-
-ALG_TOML = """\
-[inside]
-address = "{inside}"
-transports = ["udp"]
-[outside]
-address = "{outside}"
-transports = ["udp"]
-[proxy]
-inside_networks = ["10.77.0.0/24"]
-domains = ["{domain}"]
-[registrar]
-enabled = true
-database = ":memory:"
-[media]
-enabled = true
-{agents}
-[files]
-stats = "{stats}"
-[log]
-level = "INFO"
-"""
-
-AGENT_ENTRY = """\
-[[media.agents]]
-name = "{host}"
-address = "{listen}"
-weight = {weight}
-ca = "{pki}/ca.pem"
-cert = "{pki}/alg-1.pem"
-key = "{pki}/alg-1.key"
-"""
 
 
 class FailoverError(RuntimeError):
@@ -195,23 +141,13 @@ class FailoverLab:
         for identity in ("alg-1", "ctl"):
             write_pair(self.pki, identity, issue_client(ca, identity))
         for gw in GATEWAYS:
-            text = AGENT_TOML.format(
-                listen=gw.fcp_listen, work=self.work, host=gw.host, pki=self.pki, public=gw.outside
+            agent = AgentFiles(
+                gw.fcp_listen, gw.outside, self.pki, f"{gw.host}-server", f"{gw.host}-agent.db"
             )
-            (self.work / f"{gw.host}-agent.toml").write_text(text)
-        agents = "".join(
-            AGENT_ENTRY.format(host=gw.host, listen=gw.fcp_listen, weight=gw.weight, pki=self.pki)
-            for gw in GATEWAYS
-        )
-        (self.work / "alg.toml").write_text(
-            ALG_TOML.format(
-                inside=ALG_GW.inside,
-                outside=ALG_GW.outside,
-                domain=DOMAIN,
-                agents=agents,
-                stats=self.stats_file,
-            )
-        )
+            (self.work / f"{gw.host}-agent.toml").write_text(agent_toml(agent))
+        entries = [AgentEntry(gw.host, gw.fcp_listen, self.pki, gw.weight) for gw in GATEWAYS]
+        alg = AlgFiles(ALG_GW.inside, ALG_GW.outside, entries, (DOMAIN,), stats=self.stats_file)
+        (self.work / "alg.toml").write_text(alg_toml(alg))
 
     def start_captures(self) -> None:
         """dumpcap on each gateway's outside interface: everything that left for outside."""

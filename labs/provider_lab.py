@@ -30,7 +30,7 @@ from typing import Any
 from fcp.certs import generate_lab_pki, write_lab_pki
 from labs import build
 from labs.baresip import Phone, PhoneConfig
-from labs.demo import AGENT_TOML, FCP_PORT, GW_INSIDE, GW_OUTSIDE, Demo, DemoFailure
+from labs.demo import GW_INSIDE, Demo, DemoFailure, write_gateway_configs
 
 SCENARIO = "provider"
 PROVIDER_CFG = Path(__file__).resolve().parent / "kamailio" / "provider.cfg"
@@ -40,31 +40,6 @@ CTL = "udp:127.0.0.1:2046"  # provider.cfg's ctl binrpc socket, inside the names
 USERS = {u: f"{u}-secret" for u in ("alice", "bob", "carol", "dave")}  # as provider.cfg
 TONES = {"alice": 440, "bob": 550, "carol": 660, "dave": 770}
 INSIDE_USERS = frozenset({"alice", "bob"})
-
-ALG_TOML = """\
-[inside]
-address = "{inside}"
-transports = ["udp"]
-[outside]
-address = "{outside}"
-transports = ["udp"]
-[proxy]
-inside_networks = ["10.77.0.0/24"]
-upstream = "{upstream}:5060"
-[registrar]
-enabled = true
-database = ":memory:"
-[media]
-enabled = true
-[[media.agents]]
-name = "gw1"
-address = "127.0.0.1:{port}"
-ca = "{pki}/ca.pem"
-cert = "{pki}/alg-1.pem"
-key = "{pki}/alg-1.key"
-[log]
-level = "DEBUG"
-"""
 
 
 class ProviderLabError(DemoFailure):
@@ -109,12 +84,7 @@ class ProviderLab:
         self.start_kamailio()
         pki = self.work / "pki"
         write_lab_pki(pki, generate_lab_pki(["127.0.0.1"], ["alg-1", "ctl"]))
-        (self.work / "agent.toml").write_text(AGENT_TOML.format(port=FCP_PORT, public=GW_OUTSIDE))
-        (self.work / "alg.toml").write_text(
-            ALG_TOML.format(
-                inside=GW_INSIDE, outside=GW_OUTSIDE, upstream=PROVIDER, port=FCP_PORT, pki=pki
-            )
-        )
+        write_gateway_configs(self.work, pki, upstream=f"{PROVIDER}:5060")
         # the demo's process handling: started through the lab, waited for, stopped
         self._demo = Demo(
             self.work, self.lab.name, say=lambda _: None, lab=self.lab, work=self.work
