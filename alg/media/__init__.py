@@ -1,4 +1,5 @@
-"""Media anchoring for the ALG (ARCHITECTURE §3), sans-I/O. NOT yet wired into `alg.proxy`.
+"""Media anchoring for the ALG (ARCHITECTURE §3), sans-I/O; `alg.media_gate` wires it into
+the proxy core (`alg.proxy`).
 
 Modules: `core` (MediaCore, the seam) over its layers `placement` (where each message
 stands in its call), `anchoring` (bindings and rules) and `ledger` (state, operations,
@@ -29,10 +30,14 @@ The seam, for the proxy core and its shell (`alg.proxy`, `alg.aio`)
 3. The shell runs `media.take_actions()` (each with `alg.media.perform.perform(action,
    api_for[action.agent])`, concurrently) and feeds each result to
    `media.on_result(result, now) -> list[Ready | Refused]`; `Ready(ticket, data)` sends the
-   parked message, `Refused(ticket, status)` is handled like `Reject`.
+   parked message, `Refused(ticket, status)` is handled like `Reject`. A crossing may
+   resolve parked messages too (a BYE or CANCEL ends its call): after `crossing`, take
+   them with `media.take_resolutions()`.
 4. Timers: include `media.get_timer()` in the proxy's `get_timer()`; call
    `media.handle_timer(now)` (it returns resolutions too), then take actions again.
-5. CDR: `for r in media.take_records(): recorder.set_media(r.call_id, r.media)`.
+5. CDR: `media.take_endings()` first (calls the ALG ended itself: `recorder.alg_ended`),
+   then `for r in media.take_records(): recorder.set_media(r.call_id, r.media)`;
+   `media.release_pending(call_id)` tells the recorder whether a record is still coming.
 6. Own requests: after each of the above, send `media.take_requests()` (`OwnRequest`:
    an ACK once, a BYE in a client transaction of the proxy's own; `next_hop` names where).
 """
