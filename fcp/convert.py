@@ -6,38 +6,36 @@ the proto field path (`internal.port`, `operations[2].enable_rule.remote_address
 proto3 scalars have no presence, so 0 / "" mean "absent" where the proto says so (no
 suggested port, no idle timeout, no idempotency key); `remote_port` uses explicit presence
 because 0 would otherwise be indistinguishable from "latch" (RFC 7362).
+
+This module holds the messages; the enums and scalars they are made of are in
+`fcp.convert_scalars`, whose public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-import math
-from collections.abc import Callable, Mapping
-from typing import TypeVar
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from fcp.errors import FcpError, Reason, malformed
+from fcp import convert_scalars
+from fcp.convert_scalars import (
+    address_text,
+    enum_from_proto,
+    optional_address,
+    optional_str,
+    within,
+)
+from fcp.errors import FcpError, malformed
 from fcp.types import (
     BatchOperation,
     BatchRequest,
     BatchResult,
     Binding,
-    BindingKind,
     BindingRequest,
     Capabilities,
     Counters,
-    Direction,
     Endpoint,
     Event,
-    EventKind,
     ExternalAddress,
     Group,
     GroupLifetimeChange,
     GroupLifetimeGrant,
-    IPAddress,
-    IpVersion,
     LifetimeChange,
     LifetimeGrant,
     LifetimeTarget,
@@ -46,114 +44,21 @@ from fcp.types import (
     RuleRequest,
     Session,
     SessionRequest,
-    TransportProtocol,
 )
 from fcp.v1 import fcp_pb2 as pb
 
-T = TypeVar("T")
-E = TypeVar("E")
-
-# ---- enums ----------------------------------------------------------------------------
-
-IP_VERSIONS: Mapping[IpVersion, pb.IpVersion.ValueType] = {
-    IpVersion.V4: pb.IP_VERSION_V4,
-    IpVersion.V6: pb.IP_VERSION_V6,
-}
-PROTOCOLS: Mapping[TransportProtocol, pb.TransportProtocol.ValueType] = {
-    TransportProtocol.UDP: pb.TRANSPORT_PROTOCOL_UDP,
-    TransportProtocol.TCP: pb.TRANSPORT_PROTOCOL_TCP,
-}
-KINDS: Mapping[BindingKind, pb.BindingKind.ValueType] = {
-    BindingKind.SINGLE: pb.BINDING_KIND_SINGLE,
-    BindingKind.RTP_PAIR: pb.BINDING_KIND_RTP_PAIR,
-    BindingKind.BLOCK: pb.BINDING_KIND_BLOCK,
-}
-DIRECTIONS: Mapping[Direction, pb.Direction.ValueType] = {
-    Direction.INBOUND: pb.DIRECTION_INBOUND,
-    Direction.OUTBOUND: pb.DIRECTION_OUTBOUND,
-    Direction.BIDIRECTIONAL: pb.DIRECTION_BIDIRECTIONAL,
-}
-EVENT_KINDS: Mapping[EventKind, pb.EventKind.ValueType] = {
-    EventKind.WATCH_STARTED: pb.EVENT_KIND_WATCH_STARTED,
-    EventKind.EXPIRED: pb.EVENT_KIND_EXPIRED,
-    EventKind.IDLE: pb.EVENT_KIND_IDLE,
-    EventKind.REMOVED_BY_ADMIN: pb.EVENT_KIND_REMOVED_BY_ADMIN,
-    EventKind.EXTERNAL_ADDRESS_CHANGED: pb.EVENT_KIND_EXTERNAL_ADDRESS_CHANGED,
-    EventKind.AGENT_DRAINING: pb.EVENT_KIND_AGENT_DRAINING,
-}
-REASONS: Mapping[Reason, pb.FcpErrorDetail.Reason.ValueType] = {
-    reason: pb.FcpErrorDetail.Reason.Value(f"REASON_{reason.name}") for reason in Reason
-}
-
-
-def _enum_from_proto(field: str, value: int, table: Mapping[E, int]) -> E:
-    for typed, number in table.items():
-        if number == value:
-            return typed
-    if value == 0:
-        raise malformed(field, "must be set")
-    raise malformed(field, f"unknown value {value}")
-
-
-def reason_from_proto(value: int) -> Reason:
-    for reason, number in REASONS.items():
-        if number == value:
-            return reason
-    # An agent newer than this client: the most honest reading of an unknown reason.
-    return Reason.INTERNAL
-
-
-# ---- scalars --------------------------------------------------------------------------
-
-
-# Parsing and printing addresses was a fifth of a bulk install (ipaddress is pure Python);
-# the same few addresses recur in every call, and both directions are pure, so cached.
-_parse_address = functools.lru_cache(maxsize=8192)(ipaddress.ip_address)
-_address_text = functools.lru_cache(maxsize=8192)(str)
-
-
-def address_from_proto(field: str, text: str) -> IPAddress:
-    if not text:
-        raise malformed(field, "must be set")
-    try:
-        address = _parse_address(text)
-    except ValueError:
-        raise malformed(field, f"{text!r} is not an IP address") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        raise malformed(field, "scoped IPv6 addresses are not routable beyond one host")
-    return address
-
-
-def _optional_address(field: str, text: str) -> IPAddress | None:
-    return address_from_proto(field, text) if text else None
-
-
-def timestamp_to_proto(seconds: float) -> Timestamp:
-    # Split before scaling: float seconds near 1.7e9 cannot hold nanoseconds exactly.
-    whole = math.floor(seconds)
-    nanos = round((seconds - whole) * 1e9)
-    if nanos >= 1_000_000_000:
-        whole, nanos = whole + 1, nanos - 1_000_000_000
-    return Timestamp(seconds=whole, nanos=nanos)
-
-
-def timestamp_from_proto(stamp: Timestamp) -> float:
-    return stamp.seconds + stamp.nanos / 1e9
-
-
-def _within(prefix: str, build: Callable[[], T]) -> T:
-    """Run `build`, prefixing the field path of a MALFORMED error with `prefix`."""
-    try:
-        return build()
-    except FcpError as exc:
-        if exc.reason is not Reason.MALFORMED or exc.field is None:
-            raise
-        path = f"{prefix}.{exc.field}"
-        raise malformed(path, exc.message.removeprefix(f"{exc.field}: ")) from None
-
-
-def _optional_str(text: str) -> str | None:
-    return text or None
+# The scalars' public names, where they were before the split (mypy --strict does not
+# re-export a plain import).
+IP_VERSIONS = convert_scalars.IP_VERSIONS
+PROTOCOLS = convert_scalars.PROTOCOLS
+KINDS = convert_scalars.KINDS
+DIRECTIONS = convert_scalars.DIRECTIONS
+EVENT_KINDS = convert_scalars.EVENT_KINDS
+REASONS = convert_scalars.REASONS
+reason_from_proto = convert_scalars.reason_from_proto
+address_from_proto = convert_scalars.address_from_proto
+timestamp_to_proto = convert_scalars.timestamp_to_proto
+timestamp_from_proto = convert_scalars.timestamp_from_proto
 
 
 # ---- session --------------------------------------------------------------------------
@@ -183,7 +88,7 @@ def pool_to_proto(pool: Pool) -> pb.Pool:
 def pool_from_proto(message: pb.Pool) -> Pool:
     return Pool(
         name=message.name,
-        ip_version=_enum_from_proto("ip_version", message.ip_version, IP_VERSIONS),
+        ip_version=enum_from_proto("ip_version", message.ip_version, IP_VERSIONS),
         external_addresses=tuple(
             address_from_proto("external_addresses", a) for a in message.external_addresses
         ),
@@ -193,7 +98,7 @@ def pool_from_proto(message: pb.Pool) -> Pool:
 
 
 def _pool_at(index: int, message: pb.Pool) -> Pool:
-    return _within(f"pools[{index}]", lambda: pool_from_proto(message))
+    return within(f"pools[{index}]", lambda: pool_from_proto(message))
 
 
 def capabilities_to_proto(caps: Capabilities) -> pb.Capabilities:
@@ -212,7 +117,7 @@ def capabilities_to_proto(caps: Capabilities) -> pb.Capabilities:
 def capabilities_from_proto(message: pb.Capabilities) -> Capabilities:
     return Capabilities(
         ip_versions=tuple(
-            _enum_from_proto("ip_versions", v, IP_VERSIONS) for v in message.ip_versions
+            enum_from_proto("ip_versions", v, IP_VERSIONS) for v in message.ip_versions
         ),
         pools=tuple(_pool_at(i, p) for i, p in enumerate(message.pools)),
         rtp_pair=message.rtp_pair,
@@ -240,7 +145,7 @@ def session_from_proto(message: pb.OpenSessionResponse) -> Session:
         epoch=message.epoch,
         owner=message.owner,
         incarnation_id=message.incarnation_id,
-        previous_incarnation_id=_optional_str(message.previous_incarnation_id),
+        previous_incarnation_id=optional_str(message.previous_incarnation_id),
     )
 
 
@@ -248,12 +153,12 @@ def session_from_proto(message: pb.OpenSessionResponse) -> Session:
 
 
 def endpoint_to_proto(endpoint: Endpoint) -> pb.Endpoint:
-    return pb.Endpoint(address=_address_text(endpoint.address), port=endpoint.port)
+    return pb.Endpoint(address=address_text(endpoint.address), port=endpoint.port)
 
 
 def endpoint_from_proto(field: str, message: pb.Endpoint) -> Endpoint:
     address = address_from_proto(f"{field}.address", message.address)
-    return _within(field, lambda: Endpoint(address, message.port))
+    return within(field, lambda: Endpoint(address, message.port))
 
 
 def counters_to_proto(counters: Counters) -> pb.Counters:
@@ -292,14 +197,14 @@ def binding_request_from_proto(message: pb.ReserveBindingRequest) -> BindingRequ
     return BindingRequest(
         group_id=message.group_id,
         internal=endpoint_from_proto("internal", message.internal),
-        protocol=_enum_from_proto("protocol", message.protocol, PROTOCOLS),
-        kind=_enum_from_proto("kind", message.kind, KINDS),
+        protocol=enum_from_proto("protocol", message.protocol, PROTOCOLS),
+        kind=enum_from_proto("kind", message.kind, KINDS),
         lifetime_seconds=message.lifetime_seconds,
         block_size=message.block_size,
         suggested_external_port=message.suggested_external_port or None,
         prefer_failure=message.prefer_failure,
-        idempotency_key=_optional_str(message.idempotency_key),
-        pool=_optional_str(message.pool),
+        idempotency_key=optional_str(message.idempotency_key),
+        pool=optional_str(message.pool),
     )
 
 
@@ -310,7 +215,7 @@ def binding_to_proto(binding: Binding) -> pb.Binding:
         internal=endpoint_to_proto(binding.internal),
         protocol=PROTOCOLS[binding.protocol],
         kind=KINDS[binding.kind],
-        external_address=_address_text(binding.external_address),
+        external_address=address_text(binding.external_address),
         external_ports=list(binding.external_ports),
         lifetime_seconds=binding.lifetime_seconds,
         expires_at=timestamp_to_proto(binding.expires_at),
@@ -324,8 +229,8 @@ def binding_from_proto(message: pb.Binding) -> Binding:
         binding_id=message.binding_id,
         group_id=message.group_id,
         internal=endpoint_from_proto("internal", message.internal),
-        protocol=_enum_from_proto("protocol", message.protocol, PROTOCOLS),
-        kind=_enum_from_proto("kind", message.kind, KINDS),
+        protocol=enum_from_proto("protocol", message.protocol, PROTOCOLS),
+        kind=enum_from_proto("kind", message.kind, KINDS),
         external_address=address_from_proto("external_address", message.external_address),
         external_ports=tuple(message.external_ports),
         lifetime_seconds=message.lifetime_seconds,
@@ -342,7 +247,7 @@ def rule_request_to_proto(request: RuleRequest) -> pb.EnableRuleRequest:
     message = pb.EnableRuleRequest(
         binding_id=request.binding_id,
         direction=DIRECTIONS[request.direction],
-        remote_address=_address_text(request.remote_address),
+        remote_address=address_text(request.remote_address),
         max_idle_seconds=request.max_idle_seconds or 0,
         lifetime_seconds=request.lifetime_seconds,
         idempotency_key=request.idempotency_key or "",
@@ -359,12 +264,12 @@ def rule_request_from_proto(message: pb.EnableRuleRequest) -> RuleRequest:
         raise malformed("max_idle_seconds", "must not be negative")
     return RuleRequest(
         binding_id=message.binding_id,
-        direction=_enum_from_proto("direction", message.direction, DIRECTIONS),
+        direction=enum_from_proto("direction", message.direction, DIRECTIONS),
         remote_address=address_from_proto("remote_address", message.remote_address),
         lifetime_seconds=message.lifetime_seconds,
         remote_port=message.remote_port if message.HasField("remote_port") else None,
         max_idle_seconds=message.max_idle_seconds or None,
-        idempotency_key=_optional_str(message.idempotency_key),
+        idempotency_key=optional_str(message.idempotency_key),
         binding_ref=message.binding_ref if message.HasField("binding_ref") else None,
     )
 
@@ -375,7 +280,7 @@ def rule_to_proto(rule: Rule) -> pb.Rule:
         binding_id=rule.binding_id,
         group_id=rule.group_id,
         direction=DIRECTIONS[rule.direction],
-        remote_address=_address_text(rule.remote_address),
+        remote_address=address_text(rule.remote_address),
         max_idle_seconds=rule.max_idle_seconds or 0,
         lifetime_seconds=rule.lifetime_seconds,
         expires_at=timestamp_to_proto(rule.expires_at),
@@ -391,7 +296,7 @@ def rule_from_proto(message: pb.Rule) -> Rule:
         rule_id=message.rule_id,
         binding_id=message.binding_id,
         group_id=message.group_id,
-        direction=_enum_from_proto("direction", message.direction, DIRECTIONS),
+        direction=enum_from_proto("direction", message.direction, DIRECTIONS),
         remote_address=address_from_proto("remote_address", message.remote_address),
         remote_port=message.remote_port if message.HasField("remote_port") else None,
         max_idle_seconds=message.max_idle_seconds or None,
@@ -425,7 +330,7 @@ def lifetime_change_from_proto(message: pb.ChangeLifetimeRequest) -> LifetimeCha
     else:
         target, target_id = LifetimeTarget.BINDING, message.binding_id
     return LifetimeChange(
-        target, target_id, message.lifetime_seconds, _optional_str(message.idempotency_key)
+        target, target_id, message.lifetime_seconds, optional_str(message.idempotency_key)
     )
 
 
@@ -451,7 +356,7 @@ def group_change_to_proto(change: GroupLifetimeChange) -> pb.ChangeGroupLifetime
 
 def group_change_from_proto(message: pb.ChangeGroupLifetimeRequest) -> GroupLifetimeChange:
     return GroupLifetimeChange(
-        message.group_id, message.lifetime_seconds, _optional_str(message.idempotency_key)
+        message.group_id, message.lifetime_seconds, optional_str(message.idempotency_key)
     )
 
 
@@ -497,7 +402,7 @@ def group_from_proto(message: pb.Group) -> Group:
     expires = timestamp_from_proto(message.expires_at) if message.HasField("expires_at") else None
     return Group(
         group_id=message.group_id,
-        external_address=_optional_address("external_address", message.external_address),
+        external_address=optional_address("external_address", message.external_address),
         binding_ids=tuple(message.binding_ids),
         rule_ids=tuple(message.rule_ids),
         counters=counters_from_proto(message.counters),
@@ -528,13 +433,13 @@ def _operation_from_proto(index: int, item: pb.BatchOperation) -> BatchOperation
     prefix = f"operations[{index}].{which}"
     try:
         if which == "reserve_binding":
-            return _within(prefix, lambda: binding_request_from_proto(item.reserve_binding))
+            return within(prefix, lambda: binding_request_from_proto(item.reserve_binding))
         if which == "enable_rule":
-            return _within(prefix, lambda: rule_request_from_proto(item.enable_rule))
+            return within(prefix, lambda: rule_request_from_proto(item.enable_rule))
         if which == "change_lifetime":
-            return _within(prefix, lambda: lifetime_change_from_proto(item.change_lifetime))
+            return within(prefix, lambda: lifetime_change_from_proto(item.change_lifetime))
         if which == "change_group_lifetime":
-            return _within(prefix, lambda: group_change_from_proto(item.change_group_lifetime))
+            return within(prefix, lambda: group_change_from_proto(item.change_group_lifetime))
         raise malformed(f"operations[{index}]", "no operation set")
     except FcpError as exc:
         raise exc.with_operation_index(index) from None
@@ -542,7 +447,7 @@ def _operation_from_proto(index: int, item: pb.BatchOperation) -> BatchOperation
 
 def batch_from_proto(message: pb.BatchRequest) -> BatchRequest:
     operations = tuple(_operation_from_proto(i, op) for i, op in enumerate(message.operations))
-    return BatchRequest(operations, _optional_str(message.idempotency_key))
+    return BatchRequest(operations, optional_str(message.idempotency_key))
 
 
 def batch_result_to_proto(result: BatchResult) -> pb.BatchResult:
@@ -585,7 +490,7 @@ def external_address_from_proto(message: pb.ExternalAddress) -> ExternalAddress:
     return ExternalAddress(
         address=address_from_proto("address", message.address),
         pool=message.pool,
-        ip_version=_enum_from_proto("ip_version", message.ip_version, IP_VERSIONS),
+        ip_version=enum_from_proto("ip_version", message.ip_version, IP_VERSIONS),
     )
 
 
@@ -608,14 +513,14 @@ def event_to_proto(event: Event) -> pb.Event:
 def event_from_proto(message: pb.Event) -> Event:
     return Event(
         sequence=message.sequence,
-        kind=_enum_from_proto("kind", message.kind, EVENT_KINDS),
+        kind=enum_from_proto("kind", message.kind, EVENT_KINDS),
         time=timestamp_from_proto(message.time),
         epoch=message.epoch,
-        group_id=_optional_str(message.group_id),
-        binding_id=_optional_str(message.binding_id),
-        rule_id=_optional_str(message.rule_id),
-        pool=_optional_str(message.pool),
-        old_address=_optional_address("old_address", message.old_address),
-        new_address=_optional_address("new_address", message.new_address),
+        group_id=optional_str(message.group_id),
+        binding_id=optional_str(message.binding_id),
+        rule_id=optional_str(message.rule_id),
+        pool=optional_str(message.pool),
+        old_address=optional_address("old_address", message.old_address),
+        new_address=optional_address("new_address", message.new_address),
         message=message.message,
     )

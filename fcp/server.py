@@ -6,7 +6,8 @@ against the backend's epoch (STALE_EPOCH); convert and validate the request (MAL
 the field); call the backend; convert the result. An `FcpError` becomes a gRPC status plus
 the FcpErrorDetail trailer (`fcp.status`, the only place status codes are chosen); any other
 exception is a bug: it is logged with its traceback here and the client gets INTERNAL with
-the bare message "internal error".
+the bare message "internal error". Every unary RPC takes this one path (`FcpServicer._unary`);
+what differs per RPC is a row of `UNARY_RPCS`. WatchEvents, a server stream, has its own.
 
 Insecure (plaintext) serving exists for a unix socket or loopback only, with one fixed
 identity, and says so loudly in the log: it is for a single-host deployment where the
@@ -28,19 +29,21 @@ import asyncio
 import functools
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 import grpc
 from cryptography import x509
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fcp import convert
 from fcp.backend import ADMIN_OWNER, FirewallBackend
 from fcp.certs import identity_of
+from fcp.convert_scalars import optional_str
 from fcp.errors import FcpError, Reason, malformed
 from fcp.status import EPOCH_METADATA_KEY, STATUS_DETAILS_KEY, encode_detail, status_code
 from fcp.v1 import fcp_pb2 as pb
@@ -51,7 +54,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sipwall.fcp.server")
 
-R = TypeVar("R")
+Req = TypeVar("Req", bound=Message)
+Arg = TypeVar("Arg")
+Res = TypeVar("Res")
+Resp = TypeVar("Resp", bound=Message)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FirewallControl"].full_name
 
 
@@ -128,6 +134,156 @@ def _identity_of_pem(pem: bytes) -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class UnaryRpc(Generic[Req, Arg, Res, Resp]):
+    """What one unary RPC does once the caller is known: validate the request into the
+    backend's argument (`parse`, raising MALFORMED naming the field), ask the backend
+    (`call`), and turn its answer into the response message (`render`). `request` is the
+    message type and `response` the reply's, both checked against the service
+    descriptor by the tests."""
+
+    request: type[Req]
+    response: type[Resp]
+    parse: Callable[[Req], Arg]
+    call: Callable[[FirewallBackend, str, Arg], Awaitable[Res]]
+    render: Callable[[Res], Resp]
+
+    async def run(self, backend: FirewallBackend, owner: str, request: Message) -> Resp:
+        # gRPC deserialised `request` with the type registered under this RPC's name.
+        arg = self.parse(cast("Req", request))
+        return self.render(await self.call(backend, owner, arg))
+
+
+def _rpc(
+    request: type[Req],
+    response: type[Resp],
+    parse: Callable[[Req], Arg],
+    call: Callable[[FirewallBackend, str, Arg], Awaitable[Res]],
+    render: Callable[[Res], Resp],
+) -> UnaryRpc[Any, Any, Any, Any]:
+    # Built here rather than in the table's literal so that mypy checks each entry's four
+    # parts against each other before the table forgets their types.
+    return UnaryRpc(request, response, parse, call, render)
+
+
+# Every unary RPC, in the order of the service in fcp.proto (proto3: an empty id filter is
+# "not given", hence `optional_str`). Identity, the allow-list,
+# admin identities and the epoch check are the same for all of them (`FcpServicer._unary`).
+UNARY_RPCS: Final[Mapping[str, UnaryRpc[Any, Any, Any, Any]]] = {
+    "OpenSession": _rpc(
+        pb.OpenSessionRequest,
+        pb.OpenSessionResponse,
+        convert.session_request_from_proto,
+        lambda backend, owner, request: backend.open_session(owner, request),
+        convert.session_to_proto,
+    ),
+    "ReserveBinding": _rpc(
+        pb.ReserveBindingRequest,
+        pb.ReserveBindingResponse,
+        convert.binding_request_from_proto,
+        lambda backend, owner, request: backend.reserve_binding(owner, request),
+        lambda binding: pb.ReserveBindingResponse(binding=convert.binding_to_proto(binding)),
+    ),
+    "EnableRule": _rpc(
+        pb.EnableRuleRequest,
+        pb.EnableRuleResponse,
+        convert.rule_request_from_proto,
+        lambda backend, owner, request: backend.enable_rule(owner, request),
+        lambda rule: pb.EnableRuleResponse(rule=convert.rule_to_proto(rule)),
+    ),
+    "ChangeLifetime": _rpc(
+        pb.ChangeLifetimeRequest,
+        pb.ChangeLifetimeResponse,
+        convert.lifetime_change_from_proto,
+        lambda backend, owner, change: backend.change_lifetime(owner, change),
+        convert.lifetime_grant_to_proto,
+    ),
+    "ChangeGroupLifetime": _rpc(
+        pb.ChangeGroupLifetimeRequest,
+        pb.ChangeGroupLifetimeResponse,
+        convert.group_change_from_proto,
+        lambda backend, owner, change: backend.change_group_lifetime(owner, change),
+        convert.group_grant_to_proto,
+    ),
+    "ListRules": _rpc(
+        pb.ListRulesRequest,
+        pb.ListRulesResponse,
+        lambda message: (optional_str(message.group_id), optional_str(message.binding_id)),
+        lambda backend, owner, ids: backend.list_rules(owner, *ids),
+        lambda rules: pb.ListRulesResponse(rules=[convert.rule_to_proto(r) for r in rules]),
+    ),
+    "ListBindings": _rpc(
+        pb.ListBindingsRequest,
+        pb.ListBindingsResponse,
+        lambda message: optional_str(message.group_id),
+        lambda backend, owner, group_id: backend.list_bindings(owner, group_id),
+        lambda bindings: pb.ListBindingsResponse(
+            bindings=[convert.binding_to_proto(b) for b in bindings]
+        ),
+    ),
+    "ListGroups": _rpc(
+        pb.ListGroupsRequest,
+        pb.ListGroupsResponse,
+        lambda message: None,
+        lambda backend, owner, _: backend.list_groups(owner),
+        lambda groups: pb.ListGroupsResponse(groups=[convert.group_to_proto(g) for g in groups]),
+    ),
+    "GetRule": _rpc(
+        pb.GetRuleRequest,
+        pb.Rule,
+        lambda message: message.rule_id,
+        lambda backend, owner, rule_id: backend.get_rule(owner, rule_id),
+        convert.rule_to_proto,
+    ),
+    "GetBinding": _rpc(
+        pb.GetBindingRequest,
+        pb.Binding,
+        lambda message: message.binding_id,
+        lambda backend, owner, binding_id: backend.get_binding(owner, binding_id),
+        convert.binding_to_proto,
+    ),
+    "GetGroup": _rpc(
+        pb.GetGroupRequest,
+        pb.Group,
+        lambda message: message.group_id,
+        lambda backend, owner, group_id: backend.get_group(owner, group_id),
+        convert.group_to_proto,
+    ),
+    "Batch": _rpc(
+        pb.BatchRequest,
+        pb.BatchResponse,
+        convert.batch_from_proto,
+        lambda backend, owner, batch: backend.batch(owner, batch),
+        lambda results: pb.BatchResponse(
+            results=[convert.batch_result_to_proto(r) for r in results]
+        ),
+    ),
+    "GetExternalAddress": _rpc(
+        pb.GetExternalAddressRequest,
+        pb.GetExternalAddressResponse,
+        lambda message: optional_str(message.pool),
+        lambda backend, owner, pool: backend.get_external_addresses(owner, pool),
+        lambda addresses: pb.GetExternalAddressResponse(
+            addresses=[convert.external_address_to_proto(a) for a in addresses]
+        ),
+    ),
+}
+
+
+def _unary_method(name: str) -> Any:
+    """The servicer method gRPC calls for RPC `name`: the shared path, told which RPC.
+    `Any`, because mypy will not let a callable attribute stand in for the generated
+    abstract method; which message types go with `name` is the table's business."""
+
+    rpc = UNARY_RPCS[name]  # a name not in the table fails at import, not at the first call
+
+    async def method(self: FcpServicer, request: Message, context: Context) -> Message:
+        return await self._unary(name, rpc, request, context)
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
 class FcpServicer(pb_grpc.FirewallControlServicer):
     """Authenticates, converts and delegates every RPC to the backend."""
 
@@ -174,30 +330,43 @@ class FcpServicer(pb_grpc.FirewallControlServicer):
         log.exception("FCP %s failed unexpectedly", method)
         await _aio(context).abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    async def _unary(self, context: Context, method: str, run: Callable[[str], Awaitable[R]]) -> R:
+    async def _unary(
+        self, name: str, rpc: UnaryRpc[Any, Any, Any, Any], request: Message, context: Context
+    ) -> Message:
+        """The one path of every unary RPC; `rpc` (its `UNARY_RPCS` entry) says what differs."""
         try:
             owner = self._owner(context)
             self._check_epoch(context)
-            return await run(owner)
+            response: Message = await rpc.run(self._backend, owner, request)
+            return response
         except FcpError as exc:
             await self._abort(context, exc)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:  # noqa: BLE001 - any backend bug becomes INTERNAL, logged
-            await self._internal(context, method)
+            await self._internal(context, name)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
     # ---- RPCs ------------------------------------------------------------------------
 
-    async def OpenSession(
-        self, request: pb.OpenSessionRequest, context: Context
-    ) -> pb.OpenSessionResponse:
-        async def run(owner: str) -> pb.OpenSessionResponse:
-            typed = convert.session_request_from_proto(request)
-            return convert.session_to_proto(await self._backend.open_session(owner, typed))
+    # The generated base class names every RPC as an abstract method, and the generated
+    # `add_FirewallControlServicer_to_server` looks them up by name: one line each here.
+    OpenSession = _unary_method("OpenSession")
+    ReserveBinding = _unary_method("ReserveBinding")
+    EnableRule = _unary_method("EnableRule")
+    ChangeLifetime = _unary_method("ChangeLifetime")
+    ChangeGroupLifetime = _unary_method("ChangeGroupLifetime")
+    ListRules = _unary_method("ListRules")
+    ListBindings = _unary_method("ListBindings")
+    ListGroups = _unary_method("ListGroups")
+    GetRule = _unary_method("GetRule")
+    GetBinding = _unary_method("GetBinding")
+    GetGroup = _unary_method("GetGroup")
+    Batch = _unary_method("Batch")
+    GetExternalAddress = _unary_method("GetExternalAddress")
 
-        return await self._unary(context, "OpenSession", run)
-
+    # A server stream does not fit the unary shape: errors before the first event abort
+    # the call, the backend's iterator must be closed however the stream ends.
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: Context
     ) -> AsyncIterator[pb.Event]:
@@ -221,112 +390,6 @@ class FcpServicer(pb_grpc.FirewallControlServicer):
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
-
-    async def ReserveBinding(
-        self, request: pb.ReserveBindingRequest, context: Context
-    ) -> pb.ReserveBindingResponse:
-        async def run(owner: str) -> pb.ReserveBindingResponse:
-            typed = convert.binding_request_from_proto(request)
-            binding = await self._backend.reserve_binding(owner, typed)
-            return pb.ReserveBindingResponse(binding=convert.binding_to_proto(binding))
-
-        return await self._unary(context, "ReserveBinding", run)
-
-    async def EnableRule(
-        self, request: pb.EnableRuleRequest, context: Context
-    ) -> pb.EnableRuleResponse:
-        async def run(owner: str) -> pb.EnableRuleResponse:
-            typed = convert.rule_request_from_proto(request)
-            rule = await self._backend.enable_rule(owner, typed)
-            return pb.EnableRuleResponse(rule=convert.rule_to_proto(rule))
-
-        return await self._unary(context, "EnableRule", run)
-
-    async def ChangeLifetime(
-        self, request: pb.ChangeLifetimeRequest, context: Context
-    ) -> pb.ChangeLifetimeResponse:
-        async def run(owner: str) -> pb.ChangeLifetimeResponse:
-            typed = convert.lifetime_change_from_proto(request)
-            grant = await self._backend.change_lifetime(owner, typed)
-            return convert.lifetime_grant_to_proto(grant)
-
-        return await self._unary(context, "ChangeLifetime", run)
-
-    async def ChangeGroupLifetime(
-        self, request: pb.ChangeGroupLifetimeRequest, context: Context
-    ) -> pb.ChangeGroupLifetimeResponse:
-        async def run(owner: str) -> pb.ChangeGroupLifetimeResponse:
-            typed = convert.group_change_from_proto(request)
-            grant = await self._backend.change_group_lifetime(owner, typed)
-            return convert.group_grant_to_proto(grant)
-
-        return await self._unary(context, "ChangeGroupLifetime", run)
-
-    async def ListRules(
-        self, request: pb.ListRulesRequest, context: Context
-    ) -> pb.ListRulesResponse:
-        async def run(owner: str) -> pb.ListRulesResponse:
-            rules = await self._backend.list_rules(
-                owner, request.group_id or None, request.binding_id or None
-            )
-            return pb.ListRulesResponse(rules=[convert.rule_to_proto(r) for r in rules])
-
-        return await self._unary(context, "ListRules", run)
-
-    async def ListBindings(
-        self, request: pb.ListBindingsRequest, context: Context
-    ) -> pb.ListBindingsResponse:
-        async def run(owner: str) -> pb.ListBindingsResponse:
-            bindings = await self._backend.list_bindings(owner, request.group_id or None)
-            return pb.ListBindingsResponse(bindings=[convert.binding_to_proto(b) for b in bindings])
-
-        return await self._unary(context, "ListBindings", run)
-
-    async def ListGroups(
-        self, request: pb.ListGroupsRequest, context: Context
-    ) -> pb.ListGroupsResponse:
-        async def run(owner: str) -> pb.ListGroupsResponse:
-            groups = await self._backend.list_groups(owner)
-            return pb.ListGroupsResponse(groups=[convert.group_to_proto(g) for g in groups])
-
-        return await self._unary(context, "ListGroups", run)
-
-    async def GetRule(self, request: pb.GetRuleRequest, context: Context) -> pb.Rule:
-        async def run(owner: str) -> pb.Rule:
-            return convert.rule_to_proto(await self._backend.get_rule(owner, request.rule_id))
-
-        return await self._unary(context, "GetRule", run)
-
-    async def GetBinding(self, request: pb.GetBindingRequest, context: Context) -> pb.Binding:
-        async def run(owner: str) -> pb.Binding:
-            binding = await self._backend.get_binding(owner, request.binding_id)
-            return convert.binding_to_proto(binding)
-
-        return await self._unary(context, "GetBinding", run)
-
-    async def GetGroup(self, request: pb.GetGroupRequest, context: Context) -> pb.Group:
-        async def run(owner: str) -> pb.Group:
-            return convert.group_to_proto(await self._backend.get_group(owner, request.group_id))
-
-        return await self._unary(context, "GetGroup", run)
-
-    async def Batch(self, request: pb.BatchRequest, context: Context) -> pb.BatchResponse:
-        async def run(owner: str) -> pb.BatchResponse:
-            results = await self._backend.batch(owner, convert.batch_from_proto(request))
-            return pb.BatchResponse(results=[convert.batch_result_to_proto(r) for r in results])
-
-        return await self._unary(context, "Batch", run)
-
-    async def GetExternalAddress(
-        self, request: pb.GetExternalAddressRequest, context: Context
-    ) -> pb.GetExternalAddressResponse:
-        async def run(owner: str) -> pb.GetExternalAddressResponse:
-            addresses = await self._backend.get_external_addresses(owner, request.pool or None)
-            return pb.GetExternalAddressResponse(
-                addresses=[convert.external_address_to_proto(a) for a in addresses]
-            )
-
-        return await self._unary(context, "GetExternalAddress", run)
 
 
 class FcpServer:

@@ -30,7 +30,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 
-from fcp.convert import REASONS, reason_from_proto
+from fcp.convert_scalars import REASONS, reason_from_proto
 from fcp.errors import FcpError, Reason
 from fcp.v1 import fcp_pb2 as pb
 
