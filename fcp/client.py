@@ -15,6 +15,11 @@
   client believes in may be gone, so it must not carry on silently.
 * Errors: only `FcpError` (rebuilt from the server's FcpErrorDetail, `fcp.status`), never
   a raw `grpc.RpcError`.
+* Keepalive: HTTP/2 PINGs every `keepalive` seconds, also with no call running, and the
+  connection is given up when one is not answered within `keepalive_timeout`. A gateway
+  that hangs or vanishes without a TCP reset would otherwise leave the event stream
+  (WatchEvents) open forever and the ALG would keep choosing that agent. The server
+  permits pings every `fcp.server.MIN_PING_INTERVAL` seconds.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import grpc
 
 from fcp import convert
 from fcp.errors import EpochChanged, FcpError, Reason
-from fcp.server import is_local_address
+from fcp.server import MIN_PING_INTERVAL, is_local_address
 from fcp.status import EPOCH_METADATA_KEY, decode_error
 from fcp.types import (
     BatchOperation,
@@ -112,13 +117,30 @@ class FcpClient:
         on_epoch_change: EpochCallback | None = None,
         incarnation_id: str | None = None,
         channel_options: Sequence[tuple[str, int | str]] = (),
+        keepalive: float = 5.0,
+        keepalive_timeout: float = 3.0,
     ) -> None:
+        if keepalive < MIN_PING_INTERVAL:
+            raise ValueError(f"keepalive below the agent's {MIN_PING_INTERVAL:g} s ping limit")
+        options: list[tuple[str, int | str]] = [
+            ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+            ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
+            # grpc core >= 1.5x times a PING out by this one (default 1 minute), not only
+            # by the keepalive timeout
+            ("grpc.http2.ping_timeout_ms", int(keepalive_timeout * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # without data frames (an idle event stream) pings would otherwise be spaced
+            # out to this grpc core default of 5 minutes
+            ("grpc.http2.min_time_between_pings_ms", int(keepalive * 1000)),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(keepalive * 1000)),
+            *channel_options,
+        ]
         if tls is None:
             if not is_local_address(target):
                 raise ValueError(f"plaintext FCP only to a unix socket or loopback: {target}")
-            self._channel = grpc.aio.insecure_channel(target, options=list(channel_options))
+            self._channel = grpc.aio.insecure_channel(target, options=options)
         else:
-            options = list(channel_options)
             if tls.server_name is not None:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             credentials = grpc.ssl_channel_credentials(tls.ca, tls.private_key, tls.cert_chain)

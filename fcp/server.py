@@ -59,6 +59,10 @@ Arg = TypeVar("Arg")
 Res = TypeVar("Res")
 Resp = TypeVar("Resp", bound=Message)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FirewallControl"].full_name
+# The shortest keepalive interval a client may use (fcp.client): pings more often than
+# this on an idle connection are "misbehaving" and, after a few, the server closes it.
+MIN_PING_INTERVAL = 1.0
+MIN_PING_INTERVAL_MS = int(MIN_PING_INTERVAL * 1000)
 
 
 @dataclass(frozen=True)
@@ -408,7 +412,14 @@ class FcpServer:
             raise RuntimeError("FCP server already started")
         config = self._config
         # No SO_REUSEPORT: a second agent on the same port must fail, not share the traffic.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                # clients detect a hung agent by keepalive pings (fcp.client): allow them
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+            ]
+        )
         pb_grpc.add_FirewallControlServicer_to_server(
             FcpServicer(
                 self._backend,

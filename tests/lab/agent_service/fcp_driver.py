@@ -12,6 +12,10 @@ talks to the lab's network.
     {"op": "get_rule", "as": ..., "rule_id": ...}     -> {"rule_id", "remote_port", "packets"}
     {"op": "list_rules", "as": ...}                  -> [{"rule_id", "remote_port", ...}]
     {"op": "rogue"}   a client certificate from another CA tries to list bindings
+    {"op": "hang", "as": ..., "pid": N, "keepalive": S}
+                      watch events with a client pinging every S seconds; once the stream
+                      is up, SIGSTOP process N (the agent: it hangs, its TCP stays up) ->
+                      {"ok": {"seconds": how long until the stream failed, "error": reason}}
 Every answer is {"ok": ...} or {"error": "<FCP reason>", "message": ...}.
 """
 
@@ -20,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +79,8 @@ class Driver:
                 self.target, tls, deadline=2.0, retry=RetryPolicy(attempts=1)
             ) as client:
                 return len(await client.list_bindings())
+        if op == "hang":
+            return await self.hang(cmd["as"], cmd["pid"], cmd["keepalive"])
         client = self.client(cmd["as"])
         if op == "open":
             changed = client.epoch_changed
@@ -114,6 +123,26 @@ class Driver:
         if op == "list_rules":
             return [rule_json(r) for r in await client.list_rules()]
         raise ValueError(f"unknown op {op!r}")
+
+    async def hang(self, identity: str, pid: int, keepalive: float) -> dict[str, Any]:
+        tls = ClientTls.from_files(
+            self.pki / "ca.pem", self.pki / f"{identity}.pem", self.pki / f"{identity}.key"
+        )
+        client = FcpClient(self.target, tls, keepalive=keepalive, keepalive_timeout=keepalive)
+        stopped = 0.0
+        try:
+            async with asyncio.timeout(10 * keepalive + 5):
+                async for _ in client.watch_events():  # the first event is WATCH_STARTED
+                    if not stopped:
+                        os.kill(pid, signal.SIGSTOP)
+                        stopped = time.monotonic()
+        except FcpError as exc:
+            return {"seconds": time.monotonic() - stopped, "error": exc.reason.value}
+        except TimeoutError:
+            return {"seconds": time.monotonic() - stopped, "error": "still open"}
+        finally:
+            await client.close()
+        return {"seconds": time.monotonic() - stopped, "error": "ended"}
 
 
 async def main(argv: list[str]) -> int:

@@ -166,3 +166,16 @@ def test_sigterm_drains_and_keeps_the_kernel_state(agent_lab: Any) -> None:
     assert time.monotonic() - started < 5
     assert "203.0.113.20" in lab.nft("list", "set", "inet", "sipwall", "in4").stdout
     assert "agent stopped" in lab.log_text()
+
+
+def test_a_hung_agent_is_noticed_by_keepalive(agent_lab: Any) -> None:
+    # SIGSTOP: the agent hangs but its kernel keeps the TCP connection up, as a wedged
+    # gateway does; only an unanswered HTTP/2 PING can tell (fcp.client keepalive)
+    lab = agent_lab
+    assert lab.agent is not None
+    try:
+        got = lab.ok("hang", pid=lab.agent.pid, keepalive=1.0, **ALG)
+    finally:
+        lab.agent.send_signal(signal.SIGCONT)
+    assert got["error"] not in ("still open", "ended"), got
+    assert got["seconds"] <= 1.0 + 1.0 + 1.5, got  # a ping interval, its timeout, slack
