@@ -63,108 +63,61 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 
-from labs import anchor_lab, proxy_lab
+from labs import anchor_lab, cps_bench, proxy_lab
 from labs.anchor_lab import AnchoredProxy
-from labs.netns import wait_until
-from labs.proxy_lab import Proxy, ProxyLab, SippStats
+from labs.cps_bench import LOG_PROBLEM, BenchStep, Peers, best, log_lines, settle
+from labs.proxy_lab import Proxy, ProxyLab
 
 PREFIX = "swa"
 SCENARIO = proxy_lab.SIPP_DIR / "uac_sdp_ports.xml"
 ANCHORED_LADDER = (25, 50, 100, 200, 400, 800, 1600)
 KAMAILIO_LADDER = (1000, 2000, 4000, 8000)
 REFINE = 3
-MAX_FAILED = 0.001
-MIN_ACHIEVED = 0.97
-PAUSE_MS = 1000
-RECV_TIMEOUT_MS = 8000
 QUARANTINE = 120.0  # the agent's default
-BUDGET = 13 * 60
-LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
 
 
 # -- one step ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Step:
-    proxy: str
-    rate: int
-    calls: int
-    ok: int
-    achieved: float
-    retrans: int
-    unexpected: int
-    wall: float
-    alg_cpu: float
-    agent_cpu: float
-    sipp_cpu: float
-    host_busy: float
-    gw_drops: int
-    peer_drops: int
-    log_problems: int
-    alive: bool
+class Step(BenchStep):
+    """m.cpu = (ALG or Kamailio CPU seconds, agent CPU seconds) over the step; held =
+    bindings + rules the agent still held once the step settled."""
+
     held: int | None = None
 
     @property
-    def failed(self) -> int:
-        return self.calls - self.ok
-
-    @property
-    def failed_ratio(self) -> float:
-        return self.failed / self.calls if self.calls else 1.0
-
-    @property
-    def passed(self) -> bool:
-        return (
-            self.alive
-            and self.failed_ratio < MAX_FAILED
-            and self.achieved >= MIN_ACHIEVED * self.rate
-        )
-
-    @property
     def us_per_call(self) -> float:
-        return 1e6 * (self.alg_cpu + self.agent_cpu) / self.calls if self.calls else 0.0
+        return self.m.us_per_call(sum(self.m.cpu))
 
     @property
     def agent_us_per_call(self) -> float:
-        return 1e6 * self.agent_cpu / self.calls if self.calls else 0.0
+        return self.m.us_per_call(self.m.cpu[1])
 
     def row(self) -> str:
+        m = self.m
         held = "-" if self.held is None else str(self.held)
         return (
-            f"{self.rate:>6} {self.achieved:>9.1f} {self.calls:>7} {self.failed:>7} "
-            f"{100 * self.failed_ratio:>7.2f} {self.retrans:>7} {self.unexpected:>6} "
-            f"{self.alg_cpu / self.wall:>5.2f} {self.agent_cpu / self.wall:>6.2f} "
-            f"{self.sipp_cpu / self.wall:>5.2f} {self.host_busy / self.wall:>5.2f} "
-            f"{self.gw_drops:>7} {self.peer_drops:>8} {self.us_per_call:>8.0f} "
-            f"{self.agent_us_per_call:>7.0f} {held:>5} {self.log_problems:>6}  "
+            f"{m.cells()} {m.cpu[0] / m.wall:>5.2f} {m.cpu[1] / m.wall:>6.2f} "
+            f"{m.sipp_cpu / m.wall:>5.2f} {m.host_busy / m.wall:>5.2f} "
+            f"{m.gw_drops:>7} {m.peer_drops:>8} {self.us_per_call:>8.0f} "
+            f"{self.agent_us_per_call:>7.0f} {held:>5} {m.log_problems:>6}  "
             f"{'pass' if self.passed else 'FAIL'}"
         )
 
 
 HEADER = (
-    f"{'rate':>6} {'achieved':>9} {'calls':>7} {'failed':>7} {'fail%':>7} {'retrans':>7} "
-    f"{'unexp':>6} {'alg':>5} {'agent':>6} {'sipp':>5} {'host':>5} {'gwdrop':>7} "
+    f"{cps_bench.COLUMNS} {'alg':>5} {'agent':>6} {'sipp':>5} {'host':>5} {'gwdrop':>7} "
     f"{'peerdrop':>8} {'us/call':>8} {'agt_us':>7} {'held':>5} {'logerr':>6}  result"
 )
-
-
-def _log_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
 
 
 def _logs(proxy: Proxy) -> list[Path]:
@@ -172,19 +125,6 @@ def _logs(proxy: Proxy) -> list[Path]:
     if isinstance(proxy, AnchoredProxy) and proxy.agent is not None:
         logs.append(proxy.agent.log)
     return logs
-
-
-def _problems(proxy: Proxy, since: dict[Path, int]) -> list[str]:
-    return [
-        line
-        for log in _logs(proxy)
-        for line in _log_lines(log)[since.get(log, 0) :]
-        if LOG_PROBLEM.search(line)
-    ]
-
-
-def _drops(pl: ProxyLab, ns: str) -> int:
-    return proxy_lab.udp_counters(pl.lab, ns).get("RcvbufErrors", 0)
 
 
 def _split_cpu(proxy: Proxy) -> tuple[float, float]:
@@ -195,76 +135,11 @@ def _split_cpu(proxy: Proxy) -> tuple[float, float]:
     return proxy.cpu(), 0.0
 
 
-def run_uac(
-    pl: ProxyLab, tag: str, rate: int, calls: int, *, watch: Callable[[], None] | None = None
-) -> tuple[SippStats, float, float]:
-    """One sipp UAC run; (its stats, wall seconds, its CPU seconds)."""
-    stat, err, out = (pl.workdir / f"{tag}-uac{ext}" for ext in (".csv", ".err", ".out"))
-    argv = proxy_lab.sipp_uac_argv(
-        rate,
-        calls,
-        stat,
-        err,
-        pause_ms=PAUSE_MS,
-        recv_timeout_ms=RECV_TIMEOUT_MS,
-        scenario=SCENARIO,
-    )
-    t0 = time.monotonic()
-    uac = proxy_lab.spawn_logged(pl.lab, pl.uac, argv, out)
-    uac_cpu = 0.0
-    limit = t0 + calls / rate + (PAUSE_MS + 2 * RECV_TIMEOUT_MS) / 1000 + 30
-    while uac.poll() is None and time.monotonic() < limit:
-        uac_cpu = max(uac_cpu, proxy_lab.cpu_seconds([uac.pid]))
-        if watch is not None:
-            watch()
-        time.sleep(0.2)
-    if uac.poll() is None:  # never finishing: its unfinished calls count as failed
-        uac.kill()
-        uac.wait()
-    return SippStats.read(stat), time.monotonic() - t0, uac_cpu
-
-
 def run_step(pl: ProxyLab, proxy: Proxy, uas_pids: list[int], rate: int, seconds: float) -> Step:
-    calls = max(1, round(rate * seconds))
-    since = {log: len(_log_lines(log)) for log in _logs(proxy)}
-    drops0 = {ns: _drops(pl, ns) for ns in (pl.gw, pl.uac, pl.uas)}
-    idle0 = proxy_lab.host_idle_seconds()
-    (alg0, agent0), uas0 = _split_cpu(proxy), proxy_lab.cpu_seconds(uas_pids)
-    stats, wall, uac_cpu = run_uac(pl, f"{proxy.name}-{rate}", rate, calls)
-    alg1, agent1 = _split_cpu(proxy)
-    dropped = {ns: _drops(pl, ns) - n for ns, n in drops0.items()}
-    created_by = stats.time_to_create(calls)
-    ok = stats.last("SuccessfulCall(C)")
-    return Step(
-        proxy=proxy.name,
-        rate=rate,
-        calls=calls,
-        ok=ok,
-        achieved=ok / created_by if created_by else 0.0,
-        retrans=stats.last("Retransmissions(C)"),
-        unexpected=stats.last("FailedUnexpectedMessage(C)")
-        + stats.last("DeadCallMsgs(C)")
-        + stats.last("OutOfCallMsgs(C)"),
-        wall=wall,
-        alg_cpu=alg1 - alg0,
-        agent_cpu=agent1 - agent0,
-        sipp_cpu=uac_cpu + proxy_lab.cpu_seconds(uas_pids) - uas0,
-        host_busy=(os.cpu_count() or 1) * wall - (proxy_lab.host_idle_seconds() - idle0),
-        gw_drops=dropped[pl.gw],
-        peer_drops=dropped[pl.uac] + dropped[pl.uas],
-        log_problems=len(_problems(proxy, since)),
-        alive=proxy.alive(),
+    m = cps_bench.measure(
+        pl, proxy, uas_pids, rate, seconds, cpu=_split_cpu, logs=_logs(proxy), scenario=SCENARIO
     )
-
-
-def settle(proxy: Proxy, idle_cores: float = 0.05, timeout: float = 15) -> None:
-    """Until the proxy (and agent) worked off a backlog: CPU below `idle_cores` for 0.5 s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proxy.alive():
-        c0 = proxy.cpu()
-        time.sleep(0.5)
-        if proxy.cpu() - c0 <= idle_cores * 0.5:
-            return
+    return Step(proxy.name, m)
 
 
 def held_after(pl: ProxyLab, proxy: Proxy, timeout: float = 10) -> int | None:
@@ -300,40 +175,6 @@ def _starter(name: str, quarantine: float) -> Callable[[ProxyLab], Proxy]:
 
 
 @dataclass
-class Peers:
-    """The proxy under test (with its agent) and the sipp UAS, (re)started together."""
-
-    pl: ProxyLab
-    name: str
-    start_proxy: Callable[[ProxyLab], Proxy]
-    spawned: list[int]
-    proxy: Proxy | None = None
-    uas: subprocess.Popen[str] | None = None
-    logs: list[Path] = field(default_factory=list)
-
-    def start(self) -> Proxy:
-        out = self.pl.workdir / f"{self.name}-uas.out"
-        argv = proxy_lab.sipp_uas_argv(self.pl.workdir / f"{self.name}-uas.csv")
-        self.uas = proxy_lab.spawn_logged(self.pl.lab, self.pl.uas, argv, out)
-        self.spawned.append(self.uas.pid)
-        proxy_lab.wait_listening(self.pl, self.uas, self.pl.uas, [proxy_lab.UAS_ADDR], out)
-        self.proxy = self.start_proxy(self.pl)
-        self.spawned.extend(self.proxy.pids())
-        self.logs.extend(p for p in _logs(self.proxy) if p not in self.logs)
-        return self.proxy
-
-    def stop(self) -> None:
-        if self.proxy is not None:
-            self.proxy.stop()
-            code = self.proxy.proc.returncode
-            if code not in (0, -signal.SIGTERM):
-                print(f"  {self.name} (pid {self.proxy.main_pid}) exited with {code}", flush=True)
-        if self.uas is not None:
-            anchor_lab.stop_quietly(self.uas)
-        self.proxy = self.uas = None
-
-
-@dataclass
 class Leftover:
     bindings: int | None = None
     rules: int | None = None
@@ -352,48 +193,21 @@ def bench_proxy(
     quarantine: float,
     leftover: Leftover | None = None,
 ) -> list[Step]:
-    peers = Peers(pl, name, _starter(name, quarantine), spawned)
-    steps: list[Step] = []
-    try:
-        proxy = peers.start()
-        print(f"\n== {name} (pid {proxy.main_pid}, processes {len(proxy.pids())}) ==", flush=True)
-        print(HEADER, flush=True)
+    peers = Peers(pl, name, _starter(name, quarantine), spawned, logs_of=_logs)
 
-        def step(rate: int) -> bool:
-            if time.monotonic() - started > BUDGET:
-                print(f"  (time budget reached: {name} not stepped to {rate} cps)", flush=True)
-                return False
-            if peers.proxy is None or peers.uas is None:
-                peers.start()
-            assert peers.proxy is not None and peers.uas is not None
-            s = run_step(pl, peers.proxy, [peers.uas.pid], rate, seconds)
-            settle(peers.proxy)
-            s = Step(**{**s.__dict__, "held": held_after(pl, peers.proxy)})
-            steps.append(s)
-            print(s.row(), flush=True)
-            if leftover is not None and s.held is not None:  # what the last step left
-                hold = anchor_lab.holdings(pl)
-                leftover.bindings, leftover.rules = hold["bindings"], hold["rules"]
-                leftover.nft_elements = anchor_lab.table_elements(pl)
-            if not s.passed:
-                peers.stop()
-            return s.passed
+    def step(proxy: Proxy, uas_pid: int, rate: int) -> Step:
+        s = run_step(pl, proxy, [uas_pid], rate, seconds)
+        settle(proxy)
+        s = replace(s, held=held_after(pl, proxy))
+        if leftover is not None and s.held is not None:  # what the last step left
+            hold = anchor_lab.holdings(pl)
+            leftover.bindings, leftover.rules = hold["bindings"], hold["rules"]
+            leftover.nft_elements = anchor_lab.table_elements(pl)
+        return s
 
-        passed: list[int] = []
-        failed_at: int | None = None
-        for rate in ladder:
-            if not step(rate):
-                failed_at = rate
-                break
-            passed.append(rate)
-        if failed_at is not None and passed:
-            last = passed[-1]
-            between = [round(last * 2 ** (k / (refine + 1))) for k in range(1, refine + 1)]
-            for rate in [r for r in between if last < r < failed_at]:
-                if not step(rate):
-                    break
-    finally:
-        peers.stop()
+    steps = cps_bench.run_ladder(
+        peers, HEADER, ladder=ladder, refine=refine, started=started, step=step
+    )
     report_log_problems(name, peers.logs)
     return steps
 
@@ -407,7 +221,7 @@ def report_log_problems(name: str, logs: list[Path], top: int = 8) -> None:
     counts: Counter[str] = Counter()
     total = 0
     for log in logs:
-        lines = _log_lines(log)
+        lines = log_lines(log)
         for i, line in enumerate(lines):
             if not LOG_PROBLEM.search(line):
                 continue
@@ -427,11 +241,6 @@ def report_log_problems(name: str, logs: list[Path], top: int = 8) -> None:
         )
         for text, n in counts.most_common(top):
             print(f"    {n:>6} x {text}")
-
-
-def best(steps: list[Step]) -> Step | None:
-    ok = [s for s in steps if s.passed]
-    return max(ok, key=lambda s: s.rate) if ok else None
 
 
 # -- setup delay -------------------------------------------------------------------------
@@ -488,7 +297,7 @@ def delay_run(
     into: Delays,
     rnd: int,
 ) -> None:
-    peers = Peers(pl, name, _starter(name, QUARANTINE), spawned)
+    peers = Peers(pl, name, _starter(name, QUARANTINE), spawned, logs_of=_logs)
     caps: list[tuple[subprocess.Popen[str], Path]] = []
     try:
         proxy = peers.start()
@@ -501,7 +310,7 @@ def delay_run(
         spawned.extend(proc.pid for proc, _ in caps)
         calls = max(1, round(rate * seconds))
         alg0, agent0 = _split_cpu(proxy)
-        stats, _, _ = run_uac(pl, f"{tag}", rate, calls)
+        stats, _, _ = cps_bench.run_uac(pl, f"{tag}", rate, calls, scenario=SCENARIO)
         alg1, agent1 = _split_cpu(proxy)
         into.calls += calls
         into.failed += calls - stats.last("SuccessfulCall(C)")
@@ -546,28 +355,6 @@ def delay_report(results: dict[str, Delays]) -> list[str]:
 # -- the run -----------------------------------------------------------------------------
 
 
-def leftovers(namespaces: list[str], pids: list[int]) -> list[str]:
-    present = set(
-        subprocess.run(
-            ["ip", "netns", "list"], capture_output=True, text=True, check=True
-        ).stdout.split()
-    )
-    found = [f"namespace {ns}" for ns in namespaces if ns in present]
-    found += [f"pid {pid}" for pid in pids if os.path.exists(f"/proc/{pid}")]
-    return found
-
-
-_MAIN_PID = os.getpid()
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    if os.getpid() != _MAIN_PID:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise KeyboardInterrupt
-
-
 def _load() -> str:
     with open("/proc/loadavg", encoding="ascii") as f:
         return " ".join(f.read().split()[:3])
@@ -603,71 +390,61 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         pdd_rate, pdd_seconds, rounds = 20, 2.0, 1
     run_kamailio = args.kamailio_cps is None and not args.quick
-    signal.signal(signal.SIGTERM, _terminate)
+    cps_bench.install_sigterm()
     started = time.monotonic()
     results: dict[str, list[Step]] = {}
     delays = {"plain": Delays(), "anchored": Delays()}
     left = Leftover()
-    spawned: list[int] = []
-    namespaces: list[str] = []
     print(f"load average at start: {_load()} ({os.cpu_count()} cores)", flush=True)
-    try:
-        with tempfile.TemporaryDirectory(prefix="sipwall-alg-cps-") as tmp:
-            workdir = Path(tmp)
-            try:
-                with proxy_lab.proxy_lab(PREFIX, workdir) as pl:
-                    namespaces = list(pl.lab.namespaces)
-                    print(f"lab: {' '.join(namespaces)}; {seconds:g} s per step", flush=True)
-                    results["sipwall-anchored"] = bench_proxy(
-                        pl,
-                        "sipwall-anchored",
-                        ladder=ladder,
-                        refine=0 if args.quick else REFINE,
-                        seconds=seconds,
-                        started=started,
-                        spawned=spawned,
-                        quarantine=args.quarantine,
-                        leftover=left,
-                    )
-                    if run_kamailio:
-                        results["kamailio"] = bench_proxy(
-                            pl,
-                            "kamailio",
-                            ladder=kam_ladder,
-                            refine=1,
-                            seconds=seconds,
-                            started=started,
-                            spawned=spawned,
-                            quarantine=args.quarantine,
-                        )
-                    print(
-                        f"\n== setup delay: {pdd_rate} cps x {pdd_seconds:g} s, "
-                        f"{rounds} round(s) of plain then anchored; load {_load()} ==",
-                        flush=True,
-                    )
-                    for rnd in range(rounds):
-                        for mode in ("plain", "anchored"):
-                            delay_run(
-                                pl,
-                                f"sipwall-{mode}",
-                                rate=pdd_rate,
-                                seconds=pdd_seconds,
-                                spawned=spawned,
-                                into=delays[mode],
-                                rnd=rnd,
-                            )
-                    spawned.extend(p.pid for p in pl.lab.processes)
-            finally:
-                if args.keep_logs:
-                    shutil.copytree(workdir, args.keep_logs, dirs_exist_ok=True)
-    except KeyboardInterrupt:
-        print("interrupted: lab removed", file=sys.stderr)
+
+    def body(pl: ProxyLab, spawned: list[int]) -> None:
+        results["sipwall-anchored"] = bench_proxy(
+            pl,
+            "sipwall-anchored",
+            ladder=ladder,
+            refine=0 if args.quick else REFINE,
+            seconds=seconds,
+            started=started,
+            spawned=spawned,
+            quarantine=args.quarantine,
+            leftover=left,
+        )
+        if run_kamailio:
+            results["kamailio"] = bench_proxy(
+                pl,
+                "kamailio",
+                ladder=kam_ladder,
+                refine=1,
+                seconds=seconds,
+                started=started,
+                spawned=spawned,
+                quarantine=args.quarantine,
+            )
+        print(
+            f"\n== setup delay: {pdd_rate} cps x {pdd_seconds:g} s, "
+            f"{rounds} round(s) of plain then anchored; load {_load()} ==",
+            flush=True,
+        )
+        for rnd in range(rounds):
+            for mode in ("plain", "anchored"):
+                delay_run(
+                    pl,
+                    f"sipwall-{mode}",
+                    rate=pdd_rate,
+                    seconds=pdd_seconds,
+                    spawned=spawned,
+                    into=delays[mode],
+                    rnd=rnd,
+                )
+
+    run = cps_bench.run_in_lab(
+        PREFIX, seconds, body, tmp_prefix="sipwall-alg-cps-", keep_logs=args.keep_logs
+    )
+    if run is None:
         return 130
-    wait_until(lambda: not leftovers(namespaces, spawned), timeout=5, what="lab cleanup")
     for line in delay_report(delays):
         print(line)
-    pids = " ".join(map(str, dict.fromkeys(spawned)))
-    print(f"\nlab removed: namespaces {' '.join(namespaces)}; pids {pids}")
+    print(run.removed_line())
     print(
         f"anchored_leftover: bindings {left.bindings} rules {left.rules} "
         f"nft_elements {left.nft_elements}"  # after the last anchored step, before stopping

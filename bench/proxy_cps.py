@@ -48,22 +48,15 @@ WARNING/ERROR/Traceback lines in the proxy's output.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from types import FrameType
 
-from labs import proxy_lab
-from labs.netns import wait_until
-from labs.proxy_lab import Proxy, ProxyLab, SippStats
+from labs import cps_bench, proxy_lab
+from labs.cps_bench import BenchStep, Peers, best, log_lines
+from labs.proxy_lab import Proxy, ProxyLab
 
 PREFIX = "swc"
 PROXIES: dict[str, Callable[[ProxyLab], Proxy]] = {
@@ -73,184 +66,36 @@ PROXIES: dict[str, Callable[[ProxyLab], Proxy]] = {
 }
 LADDER = (100, 200, 400, 800, 1600, 3200, 6400, 12800)
 REFINE = 3  # steps between the last pass and the first failure
-MAX_FAILED = 0.001
-MIN_ACHIEVED = 0.97
-PAUSE_MS = 1000  # call length (the scenario's <pause/>)
-RECV_TIMEOUT_MS = 8000
-BUDGET = 13 * 60  # seconds; stepping stops (reported) when the run gets near 15 minutes
-LOG_PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
 
 
 @dataclass(frozen=True)
-class Step:
-    proxy: str
-    rate: int
-    calls: int
-    ok: int
-    failed: int
-    achieved: float
-    retrans: int
-    unexpected: int
-    dead_msgs: int
-    timeouts: int
-    wall: float
-    cpu: float  # proxy CPU seconds over the step
-    sipp_cpu: float  # uac + uas CPU seconds (uac sampled until just before it exits)
-    log_problems: int  # new WARNING/ERROR/Traceback lines in the proxy's output
-    proxy_alive: bool
-    gw_drops: int  # UDP datagrams dropped on full receive buffers in the gw namespace
-    peer_drops: int  # ... in the uac and uas namespaces (sipp)
-    host_busy: float  # CPU seconds all cores were busy over the step (anyone's work)
-
-    @property
-    def failed_ratio(self) -> float:
-        return self.failed / self.calls if self.calls else 1.0
-
-    @property
-    def passed(self) -> bool:
-        return (
-            self.proxy_alive
-            and self.failed_ratio < MAX_FAILED
-            and self.achieved >= MIN_ACHIEVED * self.rate
-        )
+class Step(BenchStep):
+    """m.cpu = (proxy CPU seconds over the step,)."""
 
     @property
     def us_per_call(self) -> float:
-        return 1e6 * self.cpu / self.calls if self.calls else 0.0
+        return self.m.us_per_call(self.m.cpu[0])
 
     def row(self) -> str:
+        m = self.m
         return (
-            f"{self.rate:>6} {self.achieved:>9.1f} {self.calls:>7} {self.failed:>7} "
-            f"{100 * self.failed_ratio:>7.2f} {self.retrans:>7} "
-            f"{self.unexpected + self.dead_msgs:>6} "
-            f"{self.cpu / self.wall:>6.2f} {self.sipp_cpu / self.wall:>6.2f} "
-            f"{self.host_busy / self.wall:>5.2f} {self.gw_drops:>7} {self.peer_drops:>7} "
-            f"{self.us_per_call:>8.0f} {self.log_problems:>6}  {'pass' if self.passed else 'FAIL'}"
+            f"{m.cells()} {m.cpu[0] / m.wall:>6.2f} {m.sipp_cpu / m.wall:>6.2f} "
+            f"{m.host_busy / m.wall:>5.2f} {m.gw_drops:>7} {m.peer_drops:>7} "
+            f"{self.us_per_call:>8.0f} {m.log_problems:>6}  {'pass' if self.passed else 'FAIL'}"
         )
 
 
 HEADER = (
-    f"{'rate':>6} {'achieved':>9} {'calls':>7} {'failed':>7} {'fail%':>7} {'retrans':>7} "
-    f"{'unexp':>6} {'cores':>6} {'sipp':>6} {'host':>5} {'gwdrop':>7} {'peerdrop':>7} "
+    f"{cps_bench.COLUMNS} {'cores':>6} {'sipp':>6} {'host':>5} {'gwdrop':>7} {'peerdrop':>7} "
     f"{'us/call':>8} {'logerr':>6}  result"
 )
 
 
-def _log_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-
-
-def drops(pl: ProxyLab, ns: str) -> int:
-    return proxy_lab.udp_counters(pl.lab, ns).get("RcvbufErrors", 0)
-
-
-def settle(proxy: Proxy, idle_cores: float = 0.05, timeout: float = 15) -> None:
-    """Wait until the proxy has worked off a backlog (CPU below `idle_cores` for 0.5 s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proxy.alive():
-        c0 = proxy.cpu()
-        time.sleep(0.5)
-        if proxy.cpu() - c0 <= idle_cores * 0.5:
-            return
-
-
 def run_step(pl: ProxyLab, proxy: Proxy, uas_pids: list[int], rate: int, seconds: float) -> Step:
-    calls = max(1, round(rate * seconds))
-    tag = f"{proxy.name}-{rate}"
-    stat, err, out = (pl.workdir / f"{tag}-uac{ext}" for ext in (".csv", ".err", ".out"))
-    argv = proxy_lab.sipp_uac_argv(
-        rate, calls, stat, err, pause_ms=PAUSE_MS, recv_timeout_ms=RECV_TIMEOUT_MS
+    m = cps_bench.measure(
+        pl, proxy, uas_pids, rate, seconds, cpu=lambda p: (p.cpu(),), logs=[proxy.log]
     )
-    log_before = len(_log_lines(proxy.log))
-    drops0 = {ns: drops(pl, ns) for ns in (pl.gw, pl.uac, pl.uas)}
-    idle0 = proxy_lab.host_idle_seconds()
-    cpu0, sipp0, t0 = proxy.cpu(), proxy_lab.cpu_seconds(uas_pids), time.monotonic()
-    uac = proxy_lab.spawn_logged(pl.lab, pl.uac, argv, out)
-    uac_cpu = 0.0
-    limit = t0 + seconds + (PAUSE_MS + 2 * RECV_TIMEOUT_MS) / 1000 + 30
-    while uac.poll() is None and time.monotonic() < limit:
-        uac_cpu = max(uac_cpu, proxy_lab.cpu_seconds([uac.pid]))
-        time.sleep(0.2)
-    if uac.poll() is None:  # a sipp that never finishes: its unfinished calls count as failed
-        uac.kill()
-        uac.wait()
-    wall = time.monotonic() - t0
-    cpu = proxy.cpu() - cpu0
-    sipp_cpu = uac_cpu + proxy_lab.cpu_seconds(uas_pids) - sipp0
-    host_busy = (os.cpu_count() or 1) * wall - (proxy_lab.host_idle_seconds() - idle0)
-    dropped = {ns: drops(pl, ns) - n for ns, n in drops0.items()}
-    stats = SippStats.read(stat)
-    ok = stats.last("SuccessfulCall(C)")
-    created_by = stats.time_to_create(calls)
-    achieved = ok / created_by if created_by else 0.0
-    problems = [line for line in _log_lines(proxy.log)[log_before:] if LOG_PROBLEM.search(line)]
-    return Step(
-        proxy=proxy.name,
-        rate=rate,
-        calls=calls,
-        ok=ok,
-        failed=calls - ok,
-        achieved=achieved,
-        retrans=stats.last("Retransmissions(C)"),
-        unexpected=stats.last("FailedUnexpectedMessage(C)"),
-        dead_msgs=stats.last("DeadCallMsgs(C)") + stats.last("OutOfCallMsgs(C)"),
-        timeouts=stats.last("FailedTimeoutOnRecv(C)") + stats.last("FailedMaxUDPRetrans(C)"),
-        wall=wall,
-        cpu=cpu,
-        sipp_cpu=sipp_cpu,
-        log_problems=len(problems),
-        proxy_alive=proxy.alive(),
-        gw_drops=dropped[pl.gw],
-        peer_drops=dropped[pl.uac] + dropped[pl.uas],
-        host_busy=host_busy,
-    )
-
-
-def rates_after(passed: list[int], failed: int | None, quick: bool) -> list[int]:
-    if quick or failed is None or not passed:
-        return []
-    last = passed[-1]
-    between = [round(last * 2 ** (k / 4)) for k in range(1, REFINE + 1)]
-    return [r for r in between if last < r < failed]
-
-
-@dataclass
-class Peers:
-    """The proxy under test and the sipp UAS, (re)started together."""
-
-    pl: ProxyLab
-    name: str
-    spawned: list[int]
-    proxy: Proxy | None = None
-    uas: subprocess.Popen[str] | None = None
-
-    def start(self) -> Proxy:
-        out = self.pl.workdir / f"{self.name}-uas.out"
-        argv = proxy_lab.sipp_uas_argv(self.pl.workdir / f"{self.name}-uas.csv")
-        self.uas = proxy_lab.spawn_logged(self.pl.lab, self.pl.uas, argv, out)
-        self.spawned.append(self.uas.pid)
-        proxy_lab.wait_listening(self.pl, self.uas, self.pl.uas, [proxy_lab.UAS_ADDR], out)
-        self.proxy = PROXIES[self.name](self.pl)
-        self.spawned.extend(self.proxy.pids())
-        return self.proxy
-
-    def stop(self) -> None:
-        if self.proxy is not None:
-            self.proxy.stop()
-            code = self.proxy.proc.returncode
-            if code not in (0, -signal.SIGTERM):
-                print(f"  {self.name} (pid {self.proxy.main_pid}) exited with {code}", flush=True)
-        if self.uas is not None:
-            self.uas.terminate()
-            try:
-                self.uas.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.uas.kill()
-                self.uas.wait()
-        self.proxy = self.uas = None
+    return Step(proxy.name, m)
 
 
 def bench_proxy(
@@ -265,53 +110,25 @@ def bench_proxy(
 ) -> list[Step]:
     """Step `name` up the ladder, then between its last pass and first failure. After a
     failing step the proxy and the UAS are restarted, so the next step does not inherit
-    the failed step's backlog and retransmissions."""
-    peers = Peers(pl, name, spawned)
-    steps: list[Step] = []
-    try:
-        proxy = peers.start()
-        print(f"\n== {name} (pid {proxy.main_pid}, processes {len(proxy.pids())}) ==", flush=True)
-        print(HEADER, flush=True)
+    the failed step's backlog and retransmissions; a passing step is followed by a wait
+    until the proxy is idle."""
+    peers = Peers(pl, name, PROXIES[name], spawned)
 
-        def step(rate: int) -> bool:
-            if time.monotonic() - started > BUDGET:
-                print(f"  (time budget reached: {name} not stepped to {rate} cps)", flush=True)
-                return False
-            if peers.proxy is None or peers.uas is None:
-                peers.start()
-            assert peers.proxy is not None and peers.uas is not None
-            s = run_step(pl, peers.proxy, [peers.uas.pid], rate, seconds)
-            steps.append(s)
-            print(s.row(), flush=True)
-            if not s.passed:
-                peers.stop()
-            else:
-                settle(peers.proxy)
-            return s.passed
+    def step(proxy: Proxy, uas_pid: int, rate: int) -> Step:
+        s = run_step(pl, proxy, [uas_pid], rate, seconds)
+        if s.passed:
+            cps_bench.settle(proxy)
+        return s
 
-        passed: list[int] = []
-        failed_at: int | None = None
-        for rate in ladder:
-            if not step(rate):
-                failed_at = rate
-                break
-            passed.append(rate)
-        for rate in rates_after(passed, failed_at, quick):
-            if not step(rate):
-                break
-    finally:
-        peers.stop()
-    problems = [line for line in _log_lines(proxy.log) if LOG_PROBLEM.search(line)]
+    steps = cps_bench.run_ladder(
+        peers, HEADER, ladder=ladder, refine=0 if quick else REFINE, started=started, step=step
+    )
+    problems = [line for line in log_lines(peers.logs[0]) if cps_bench.LOG_PROBLEM.search(line)]
     if problems:
         print(f"  {name} log: {len(problems)} warning/error lines, first ones:")
         for line in problems[:5]:
             print(f"    {line[:200]}")
     return steps
-
-
-def best(steps: list[Step]) -> Step | None:
-    ok = [s for s in steps if s.passed]
-    return max(ok, key=lambda s: s.rate) if ok else None
 
 
 def summary(results: dict[str, list[Step]]) -> list[str]:
@@ -332,28 +149,6 @@ def summary(results: dict[str, list[Step]]) -> list[str]:
     else:
         lines.append("proxy_cps_stateful_vs_kamailio: n/a (needs kamailio and sipwall-stateful)")
     return lines
-
-
-def leftovers(namespaces: list[str], pids: list[int]) -> list[str]:
-    present = set(
-        subprocess.run(
-            ["ip", "netns", "list"], capture_output=True, text=True, check=True
-        ).stdout.split()
-    )
-    found = [f"namespace {ns}" for ns in namespaces if ns in present]
-    found += [f"pid {pid}" for pid in pids if os.path.exists(f"/proc/{pid}")]
-    return found
-
-
-_MAIN_PID = os.getpid()
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    if os.getpid() != _MAIN_PID:  # a helper pyroute2 forked: die the default way
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
-    raise KeyboardInterrupt  # unwinds through the lab's cleanup like Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,38 +175,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.rates:
         ladder = tuple(int(r) for r in args.rates.split(","))
     seconds = args.step_seconds or (3.0 if args.quick else 15.0)
-    signal.signal(signal.SIGTERM, _terminate)
+    cps_bench.install_sigterm()
     started = time.monotonic()
     results: dict[str, list[Step]] = {}
-    spawned: list[int] = []
-    namespaces: list[str] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="sipwall-cps-") as tmp:
-            workdir = Path(tmp)
-            try:
-                with proxy_lab.proxy_lab(PREFIX, workdir) as pl:
-                    namespaces = list(pl.lab.namespaces)
-                    print(f"lab: {' '.join(namespaces)}; {seconds:g} s per step", flush=True)
-                    for name in names:
-                        results[name] = bench_proxy(
-                            pl,
-                            name,
-                            ladder=ladder,
-                            seconds=seconds,
-                            quick=args.quick,
-                            started=started,
-                            spawned=spawned,
-                        )
-                    spawned.extend(p.pid for p in pl.lab.processes)
-            finally:
-                if args.keep_logs:
-                    shutil.copytree(workdir, args.keep_logs, dirs_exist_ok=True)
-    except KeyboardInterrupt:
-        print("interrupted: lab removed", file=sys.stderr)
+
+    def body(pl: ProxyLab, spawned: list[int]) -> None:
+        for name in names:
+            results[name] = bench_proxy(
+                pl,
+                name,
+                ladder=ladder,
+                seconds=seconds,
+                quick=args.quick,
+                started=started,
+                spawned=spawned,
+            )
+
+    run = cps_bench.run_in_lab(
+        PREFIX, seconds, body, tmp_prefix="sipwall-cps-", keep_logs=args.keep_logs
+    )
+    if run is None:
         return 130
-    wait_until(lambda: not leftovers(namespaces, spawned), timeout=5, what="lab cleanup")
-    pids = " ".join(map(str, dict.fromkeys(spawned)))
-    print(f"\nlab removed: namespaces {' '.join(namespaces)}; pids {pids}")
+    print(run.removed_line())
     print(f"total {time.monotonic() - started:.0f} s")
     for line in summary(results):
         print(line)
