@@ -36,8 +36,11 @@ class Proc:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.split("\n")[0])
+        try:
+            for line in self.proc.stdout:
+                self.lines.append(line.split("\n")[0])
+        except ValueError:  # "I/O operation on closed file": the lab's teardown (Lab.close)
+            return  # killed the tool and closed its pipe while this thread was reading
 
     def packets(self) -> list[Packet]:
         out = []
