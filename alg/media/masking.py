@@ -23,7 +23,7 @@ import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
 V = TypeVar("V")
@@ -129,24 +129,49 @@ class ViaStash:
         return self._lru.get(branch, now)
 
 
+_VERDICTS_LIMIT: Final = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class InsideNetworks:
+    """The inside prefixes, and the leak scan every message leaving for the outside gets.
+
+    The scan runs several times per message (whole message, Call-ID, From/To, SDP lines),
+    so it is kept cheap: only the address families the inside uses are searched for (an
+    IPv4-mapped IPv6 literal still shows its IPv4 part to the IPv4 pattern), and a verdict
+    per literal is remembered (a call repeats the same few addresses; bounded)."""
+
     networks: tuple[Network, ...]
+    _patterns: tuple[re.Pattern[bytes], ...] = field(init=False, repr=False, compare=False)
+    _verdicts: dict[str, bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        versions = {net.version for net in self.networks}
+        patterns = tuple(p for v, p in ((4, _IPV4_RE), (6, _IPV6_RE)) if v in versions)
+        object.__setattr__(self, "_patterns", patterns)
+        object.__setattr__(self, "_verdicts", {})
 
     @classmethod
     def of(cls, *networks: str) -> InsideNetworks:
         return cls(tuple(ipaddress.ip_network(net, strict=False) for net in networks))
 
     def contains(self, text: str) -> bool:
-        try:
-            address = ipaddress.ip_address(text.strip("[]"))
-        except ValueError:
-            return False
-        return any(address in net for net in self.networks)
+        verdict = self._verdicts.get(text)
+        if verdict is None:
+            try:
+                address = ipaddress.ip_address(text.strip("[]"))
+            except ValueError:
+                verdict = False
+            else:
+                verdict = any(address in net for net in self.networks)
+            if len(self._verdicts) >= _VERDICTS_LIMIT:
+                self._verdicts.clear()
+            self._verdicts[text] = verdict
+        return verdict
 
     def find_in(self, data: bytes) -> str | None:
         """The first inside IP literal in `data`, or None."""
-        for pattern in (_IPV4_RE, _IPV6_RE):
+        for pattern in self._patterns:
             for match in pattern.finditer(data):
                 text = match.group(0).decode("ascii", "replace")
                 if self.contains(text):
