@@ -44,6 +44,7 @@ from labs import build
 from labs import state as st
 from labs.baresip import Phone, PhoneConfig, PhoneError
 from labs.gateway_config import AgentEntry, AgentFiles, AlgFiles, agent_toml, alg_toml
+from labs.netns import poll_until
 from labs.nsock import socket_in
 from labs.tone import Tone, ToneError, analyse
 from labs.topology import load
@@ -83,15 +84,8 @@ class DemoFailure(RuntimeError):
 
 
 def _deadline_poll(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
-    """Call `probe` until it returns something truthy; DemoFailure at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise DemoFailure(f"{what}: not within {timeout:g}s")
-        time.sleep(0.05)  # polling, bounded by the deadline
+    """`labs.netns.poll_until`, failing the demo (DemoFailure) at the deadline."""
+    return poll_until(what, timeout, probe, DemoFailure)
 
 
 # --- results ---------------------------------------------------------------------------

@@ -40,7 +40,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from fcp.certs import generate_ca, issue_client, issue_server, write_pair
 from labs import build
 from labs.baresip import Phone, PhoneConfig
 from labs.gateway_config import AgentEntry, AgentFiles, AlgFiles, agent_toml, alg_toml
+from labs.netns import poll_until
 from labs.nsock import socket_in
 from labs.topology import load
 
@@ -82,15 +82,8 @@ class FailoverError(RuntimeError):
 
 
 def poll(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
-    """Call `probe` until it returns something truthy; FailoverError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise FailoverError(f"{what}: not within {timeout:g}s")
-        time.sleep(0.05)  # polling, bounded by the deadline
+    """`labs.netns.poll_until`, raising FailoverError at the deadline."""
+    return poll_until(what, timeout, probe, FailoverError)
 
 
 def gratuitous_arp(ns: str, iface: str, address: str) -> None:

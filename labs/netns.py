@@ -16,8 +16,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
+
+T = TypeVar("T")
 
 PREFIX = "swt"
 
@@ -44,6 +47,24 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
         netns.remove(name)
         removed.append(name)
     return removed
+
+
+def poll_until(
+    what: str,
+    timeout: float,
+    probe: Callable[[], T],
+    error: Callable[[str], Exception] = TimeoutError,
+) -> T:
+    """Call `probe` every 50 ms until it returns something truthy and return that; at the
+    deadline raise `error("<what>: not within <timeout>s")` (each lab its own error)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = probe()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise error(f"{what}: not within {timeout:g}s")
+        time.sleep(0.05)  # polling, bounded by the deadline
 
 
 def wait_until(

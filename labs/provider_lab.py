@@ -21,7 +21,6 @@ What `ProviderLab` sets up on a built lab:
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from fcp.certs import generate_lab_pki, write_lab_pki
 from labs import build
 from labs.baresip import Phone, PhoneConfig
 from labs.demo import GW_INSIDE, Demo, DemoFailure, write_gateway_configs
+from labs.netns import poll_until
 
 SCENARIO = "provider"
 PROVIDER_CFG = Path(__file__).resolve().parent / "kamailio" / "provider.cfg"
@@ -48,15 +48,8 @@ class ProviderLabError(DemoFailure):
 
 
 def wait_for(what: str, timeout: float, probe: Callable[[], Any]) -> Any:
-    """Call `probe` until it returns something truthy; ProviderLabError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = probe()
-        if got:
-            return got
-        if time.monotonic() >= deadline:
-            raise ProviderLabError(f"{what}: not within {timeout:g}s")
-        time.sleep(0.05)  # polling, bounded by the deadline
+    """`labs.netns.poll_until`, raising ProviderLabError at the deadline."""
+    return poll_until(what, timeout, probe, ProviderLabError)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import pytest
 
 from labs.baresip import Phone
 from labs.demo import ALICE_HZ, CAROL_HZ, MIN_PURITY, TONE_TOLERANCE_HZ, Demo
+from labs.netns import poll_until
 from labs.pytest_plugin import unique_lab_name
 from labs.tone import analyse, read_wav
 
@@ -43,15 +44,6 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
                 d.stop_daemons()
             finally:
                 d.lab.close()
-
-
-def _wait(what: str, timeout: float, probe: object) -> None:
-    assert callable(probe)
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)  # polling a condition, bounded by the deadline
 
 
 def _samples(phone: Phone) -> int:
@@ -89,7 +81,7 @@ def test_audio_resumes_after_a_firewall_reload_that_also_clears_conntrack(
     assert lab is not None
     alice, carol = demo.phones()
     with alice, carol:
-        _wait("alice registered", 15, alice.registered)
+        poll_until("alice registered", 15, alice.registered)
         alice.dial(f"sip:carol@{lab.address('carol')}")
         assert alice.wait_event(("CALL_ESTABLISHED", "CALL_CLOSED"), 15)["type"] == (
             "CALL_ESTABLISHED"
@@ -107,13 +99,15 @@ def test_audio_resumes_after_a_firewall_reload_that_also_clears_conntrack(
         lab.run("gw", ["nft", "-f", str(rules)])
         lab.run("gw", ["conntrack", "-F"], check=False)  # exit 1 when already empty
         flushed = time.monotonic()
-        _wait("the agent's table rebuilt with the call", 5, lambda: _table_holds_the_call(demo))
+        poll_until(
+            "the agent's table rebuilt with the call", 5, lambda: _table_holds_the_call(demo)
+        )
         rebuilt = time.monotonic()
         marks = {p.host: _samples(p) for p in (alice, carol)}
 
         need = int(RESUMED_SECONDS * 8000)
         for phone in (alice, carol):
-            _wait(
+            poll_until(
                 f"{phone.host} hearing audio again",
                 15,
                 lambda p=phone: _samples(p) - marks[p.host] >= need,  # type: ignore[misc]
@@ -129,4 +123,4 @@ def test_audio_resumes_after_a_firewall_reload_that_also_clears_conntrack(
 
     took = rebuilt - flushed
     assert took <= 2.0, f"the agent took {took:.2f} s to rebuild its table"
-    _wait("the agent empty after the hangup", 10, lambda: not demo.ctl("bindings"))
+    poll_until("the agent empty after the hangup", 10, lambda: not demo.ctl("bindings"))
