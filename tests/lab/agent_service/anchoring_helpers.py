@@ -151,3 +151,40 @@ def kernel_elements(lab: AgentLab, name: str) -> int:
         "-j", "list", "map" if name.endswith("nat4") else "set", "inet", "sipwall", name
     ).stdout
     return listing.count('"elem"')
+
+
+def start_outside_capture(lab: AgentLab) -> tuple[subprocess.Popen[bytes], Path]:
+    """dumpcap on the gateway's outside link, running once this returns; its pcap path."""
+    pcap = lab.workdir / "outside.pcap"
+    capture = in_ns(
+        lab,
+        lab.g.gw,
+        "dumpcap",
+        "-q",
+        "-i",
+        "gw-out",
+        "-w",
+        str(pcap),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, what="capture running")
+    return capture, pcap
+
+
+def stop_capture(capture: subprocess.Popen[bytes]) -> None:
+    if capture.poll() is None:
+        capture.terminate()  # dumpcap finishes the file on SIGTERM
+        capture.wait(timeout=10)
+
+
+def assert_no_inside_address(packets: Any) -> None:
+    """No captured packet has an inside (10.77.x) address in its IP header or payload."""
+    from scapy.all import IP, Raw  # type: ignore[import-untyped]
+
+    for packet in packets:
+        if IP in packet:
+            src, dst = packet[IP].src, packet[IP].dst
+            assert not src.startswith("10.77.") and not dst.startswith("10.77."), packet.summary()
+        if Raw in packet:
+            assert b"10.77." not in bytes(packet[Raw].load), packet.summary()

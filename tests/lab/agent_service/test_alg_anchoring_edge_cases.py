@@ -16,11 +16,14 @@ from agent_lab import AgentLab
 from anchoring_helpers import (
     SIPP,
     alg_config,
+    assert_no_inside_address,
     await_answer,
     in_ns,
     inside_phone,
     outside_phone,
+    start_outside_capture,
     stop,
+    stop_capture,
 )
 
 from labs.netns import wait_until
@@ -122,23 +125,10 @@ def test_the_cdr_of_a_call_hung_up_by_bye_lists_its_bindings_and_counters(
 def test_an_answer_that_cannot_be_anchored_is_ended_by_the_alg_without_leaking(
     agent_lab: AgentLab,
 ) -> None:
-    from scapy.all import IP, Raw, rdpcap  # type: ignore[import-untyped]
+    from scapy.all import Raw, rdpcap  # type: ignore[import-untyped]
 
     lab, g = agent_lab, agent_lab.g
-    pcap = lab.workdir / "outside.pcap"
-    capture = in_ns(
-        lab,
-        g.gw,
-        "dumpcap",
-        "-q",
-        "-i",
-        "gw-out",
-        "-w",
-        str(pcap),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_until(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, what="capture running")
+    capture, pcap = start_outside_capture(lab)
     cdr_file = lab.workdir / "cdr.jsonl"
     # an outside call to alice (10.77.0.10): her 200 carries the offer's answer from the
     # inside, so it needs a binding before it may leave
@@ -221,18 +211,10 @@ def test_an_answer_that_cannot_be_anchored_is_ended_by_the_alg_without_leaking(
     finally:
         stop(alg, callee, caller)
         log.close()
-        if capture.poll() is None:
-            capture.terminate()
-            capture.wait(timeout=10)
+        stop_capture(capture)
     packets = rdpcap(str(pcap))
     sip = [bytes(p[Raw].load) for p in packets if Raw in p]
     assert any(load.startswith(b"INVITE sip:alice@203.0.113.1") for load in sip)
     assert any(load.startswith(b"SIP/2.0 503") and b"Reason:" in load for load in sip)
     assert not any(load.startswith(b"SIP/2.0 200") and b"INVITE" in load for load in sip)
-    for packet in packets:
-        if IP in packet:
-            assert not packet[IP].src.startswith("10.77.") and not packet[IP].dst.startswith(
-                "10.77."
-            ), packet.summary()
-        if Raw in packet:
-            assert b"10.77." not in bytes(packet[Raw].load), packet.summary()
+    assert_no_inside_address(packets)

@@ -12,13 +12,16 @@ from agent_lab import AgentLab
 from anchoring_helpers import (
     SIPP,
     alg_config,
+    assert_no_inside_address,
     await_answer,
     in_ns,
     inside_phone,
     kernel_elements,
     outside_phone,
     start_alg,
+    start_outside_capture,
     stop,
+    stop_capture,
 )
 
 from labs.netns import wait_until
@@ -241,25 +244,12 @@ def test_busy_and_cancelled_calls_leave_no_binding(
 def test_outside_link_never_carries_an_inside_address_and_media_survives_the_agent(
     agent_lab: AgentLab,
 ) -> None:
-    from scapy.all import IP, Raw, rdpcap  # type: ignore[import-untyped]
+    from scapy.all import rdpcap  # type: ignore[import-untyped]
 
     from labs.traffic import now
 
     lab, g = agent_lab, agent_lab.g
-    pcap = lab.workdir / "outside.pcap"
-    capture = in_ns(
-        lab,
-        g.gw,
-        "dumpcap",
-        "-q",
-        "-i",
-        "gw-out",
-        "-w",
-        str(pcap),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_until(lambda: pcap.exists() and pcap.stat().st_size > 0, 10, what="capture running")
+    capture, pcap = start_outside_capture(lab)
     alg, log = start_alg(lab)
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
@@ -295,18 +285,10 @@ def test_outside_link_never_carries_an_inside_address_and_media_survives_the_age
     finally:
         stop(alg, uas, uac)
         log.close()
-        if capture.poll() is None:
-            capture.terminate()
-            capture.wait(timeout=10)
+        stop_capture(capture)
     packets = rdpcap(str(pcap))
     assert len(packets) > 300  # SIP and both media directions were captured
-    for packet in packets:
-        if IP in packet:
-            assert not packet[IP].src.startswith("10.77.") and not packet[IP].dst.startswith(
-                "10.77."
-            ), packet.summary()
-        if Raw in packet:
-            assert b"10.77." not in bytes(packet[Raw].load), packet.summary()
+    assert_no_inside_address(packets)
 
 
 @pytest.mark.slow
