@@ -1,4 +1,4 @@
-"""Delete the conntrack entries of a closed binding or rule (pyroute2 ctnetlink).
+"""Delete the conntrack entries of a closed binding or rule (ctnetlink, raw netlink).
 
 Deleting the element already makes the forward chain drop the flow (its connection carries
 our ct mark and no pinhole matches), but the conntrack entry would keep its NAT and its
@@ -22,6 +22,7 @@ also gathers the releases of a quarter second into one flush.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -135,12 +136,14 @@ def dump_message(mark: int | None, seq: int) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def messages(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, payload after the netlink header) of every message in a netlink read."""
+def messages(data: bytes, seq: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(type, payload after the netlink header) of every message in a netlink read; only
+    the answers to request `seq` if given."""
     start = 0
     while start + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, start)
-        yield kind, data[start + 16 : start + max(length, 16)]
+        length, kind, _flags, number = struct.unpack_from("=IHHI", data, start)
+        if seq is None or number == seq:
+            yield kind, data[start + 16 : start + max(length, 16)]
         start += (max(length, 16) + 3) & ~3
 
 
@@ -176,14 +179,24 @@ def entry_shape(body: bytes) -> Shape | None:
     return (number, socket.inet_ntoa(src), sport, socket.inet_ntoa(dst), dport)
 
 
-class PyrouteConntrackFlusher:
+class CtnetlinkFlusher:
     """`netns`: a named network namespace (tests); None = this process's namespace.
     `mark`: the ct mark bit our forward chain sets on every connection of a bound inside
-    endpoint (`TableSpec.mark`): a dump then returns only our entries."""
+    endpoint (`TableSpec.mark`): a dump then returns only our entries.
+
+    One netlink socket for the flusher's life, not one per flush: closing a netfilter
+    netlink socket waits for an RCU grace period (netlink_release), and right after an
+    nftables commit that deleted set elements -- every release -- that wait is 7-15 ms
+    and also stalls the agent's next nftables transaction (measured on the lab kernel,
+    6.18: a ReserveBinding went from 0.35 to 5.5 ms median at 200 calls/s). Not
+    thread-safe: one user thread per flusher. After an error (a timed-out exchange may
+    leave answers queued) the socket is dropped and the next call opens a fresh one."""
 
     def __init__(self, netns: str | None = None, mark: int | None = None) -> None:
         self.netns = netns
         self.mark = mark
+        self._sock: socket.socket | None = None
+        self._seq = 0
 
     def flush(self, flows: Sequence[FlowMatch]) -> int:
         """Exact deletes for flows with both ends known; ONE dump (one walk of the
@@ -192,17 +205,43 @@ class PyrouteConntrackFlusher:
         rest = [flow for flow in flows if shapes(flow) is None]
         if rest:
             exact += self.find(rest, marked=all(flow.marked_only for flow in rest))
-        return self._delete_exact(exact) if exact else 0
+        return self.delete_exact(exact) if exact else 0
 
-    def _socket(self) -> socket.socket:
+    def fileno(self) -> int | None:
+        """The open netlink socket's descriptor, None before the first use."""
+        return None if self._sock is None else self._sock.fileno()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _open(self) -> socket.socket:
         if self.netns is None:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        from pyroute2 import netns as nsutil
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        else:
+            from pyroute2 import netns as nsutil
 
-        sock: socket.socket = nsutil.create_socket(
-            self.netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER
-        )
+            sock = nsutil.create_socket(
+                self.netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER
+            )
+        sock.bind((0, 0))
         return sock
+
+    def _next_seq(self) -> int:
+        self._seq = self._seq % 0x7FFFFFFF + 1
+        return self._seq
+
+    @contextlib.contextmanager
+    def _exchange(self, timeout: float) -> Iterator[socket.socket]:
+        if self._sock is None:
+            self._sock = self._open()
+        self._sock.settimeout(timeout)
+        try:
+            yield self._sock
+        except BaseException:
+            self.close()
+            raise
 
     def find(
         self, flows: Sequence[FlowMatch], timeout: float = 5.0, *, marked: bool = True
@@ -213,13 +252,12 @@ class PyrouteConntrackFlusher:
         thousands."""
         match = matches(flows)
         found: list[Shape] = []
-        with self._socket() as sock:
-            sock.bind((0, 0))
-            sock.settimeout(timeout)
-            sock.sendall(dump_message(self.mark if marked else None, 1))
+        with self._exchange(timeout) as sock:
+            seq = self._next_seq()
+            sock.sendall(dump_message(self.mark if marked else None, seq))
             while True:
                 data = sock.recv(1 << 20)
-                for kind, body in messages(data):
+                for kind, body in messages(data, seq):
                     if kind == NLMSG_DONE:
                         return found
                     if kind == NLMSG_ERROR:
@@ -231,18 +269,16 @@ class PyrouteConntrackFlusher:
                     if shape is not None and match(shape):
                         found.append(shape)
 
-    def _delete_exact(self, exact: Sequence[Shape], timeout: float = 2.0) -> int:
+    def delete_exact(self, exact: Sequence[Shape], timeout: float = 2.0) -> int:
         """Delete by original tuple; ENOENT (no such flow) is normal. Writes of at most
         `EXACT_PER_WRITE` requests, each acknowledged before the next: the kernel queues
         every ack on our socket during the write, and a full receive buffer drops them."""
         deleted = 0
-        with self._socket() as sock:
-            sock.bind((0, 0))
-            sock.settimeout(timeout)
+        with self._exchange(timeout) as sock:
             for first in range(0, len(exact), EXACT_PER_WRITE):
-                chunk = exact[first : first + EXACT_PER_WRITE]
-                sock.sendall(b"".join(delete_message(s, seq) for seq, s in enumerate(chunk, 1)))
-                waiting = set(range(1, len(chunk) + 1))
+                chunk = {self._next_seq(): s for s in exact[first : first + EXACT_PER_WRITE]}
+                sock.sendall(b"".join(delete_message(s, seq) for seq, s in chunk.items()))
+                waiting = set(chunk)
                 while waiting:
                     for seq, code in acks(sock.recv(65536)):
                         if seq not in waiting:
@@ -252,5 +288,5 @@ class PyrouteConntrackFlusher:
                             deleted += 1
                         elif code != -errno.ENOENT:
                             reason = errno.errorcode.get(-code, str(code))
-                            log.warning("conntrack delete %s: %s", chunk[seq - 1], reason)
+                            log.warning("conntrack delete %s: %s", chunk[seq], reason)
         return deleted

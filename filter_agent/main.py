@@ -80,6 +80,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     path, spec = choose(LatchSettings(config.latch, config.latch_queue), TableSpec())
     store, loaded, lost = open_store(config.state_db)
     counters = CounterProcess(spec)
+    flusher, probe = ConntrackFlush(mark=spec.mark), TableProbe(spec)
     service = AgentService.open(
         settings_of(config),
         LibNftablesDriver(),
@@ -87,10 +88,10 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         loaded,
         lost,
         boot_id=read_boot_id(),
-        flusher=ConntrackFlush(mark=spec.mark),
+        flusher=flusher,
         spec=spec,
         reader=counters.read,
-        table_probe=TableProbe(spec),
+        table_probe=probe,
     )
     if path is not QueuePath.NONE:
         # After recovery (which set the table up or rebuilt it): write the queue verdict.
@@ -133,6 +134,8 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
         await server.stop()
         await service.close()
         await counters.close()
+        flusher.close()
+        probe.close()
         log.info("agent stopped; nftables state left in place")
 
 

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from filter_agent.conntrack import PyrouteConntrackFlusher
+from filter_agent.conntrack import CtnetlinkFlusher
 from filter_agent.drivers.libnftables import LibNftablesDriver
 from filter_agent.engine import FlowMatch
 from filter_agent.errors import DriverError
@@ -15,7 +15,12 @@ from filter_agent.latch_kernel import LatchSession
 from filter_agent.plan import Script, TableSpec
 
 
-def _handle(driver: LibNftablesDriver, request: dict[str, Any], latch: LatchSession) -> Any:
+def _handle(
+    driver: LibNftablesDriver,
+    request: dict[str, Any],
+    latch: LatchSession,
+    flusher: CtnetlinkFlusher,
+) -> Any:
     op = request["op"]
     if op.startswith("latch_"):  # NFQUEUE latching: the queue lives in this namespace
         return latch.handle(request)
@@ -31,7 +36,7 @@ def _handle(driver: LibNftablesDriver, request: dict[str, Any], latch: LatchSess
         return driver.table_exists()
     if op == "flush":
         flows = [FlowMatch(**f) for f in request["flows"]]
-        return PyrouteConntrackFlusher().flush(flows)
+        return flusher.flush(flows)
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -40,9 +45,10 @@ def main(argv: list[str]) -> int:
     spec = TableSpec(family, name, int(mark, 16))
     driver = LibNftablesDriver(spec)
     latch = LatchSession(driver, spec)
+    flusher = CtnetlinkFlusher()  # one socket for the worker's life
     for line in sys.stdin:
         try:
-            reply = {"ok": True, "result": _handle(driver, json.loads(line), latch)}
+            reply = {"ok": True, "result": _handle(driver, json.loads(line), latch, flusher)}
         except DriverError as exc:
             reply = {"ok": False, "error": exc.message, "detail": exc.detail}
         except (ValueError, KeyError, OSError) as exc:
@@ -50,6 +56,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
     latch.close()
+    flusher.close()
     return 0
 
 

@@ -7,12 +7,13 @@ inside 10.77.0.10 -- gw 10.77.0.1 | 203.0.113.1 (agent, forwarding) -- outside .
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any  # the `agent` fixture (conftest.Agent)
 
 import pytest
 
 from filter_agent import ops
-from filter_agent.conntrack import PyrouteConntrackFlusher
+from filter_agent.conntrack import CtnetlinkFlusher
 from filter_agent.engine import FlowMatch
 from filter_agent.model import BindingKind, Direction
 from filter_agent.plan import TableSpec
@@ -123,16 +124,44 @@ def test_one_marked_dump_finds_only_the_released_flows(agent: Any) -> None:
     wait_until(
         lambda: rx1.packets() and rx2.packets() and unmarked.packets(), 10, what="flows pass"
     )
-    flusher = PyrouteConntrackFlusher(netns=g.gw, mark=TableSpec().mark)
     released = [
         FlowMatch("udp", INSIDE, inside, b1.external_addr, public, REMOTE, None)
         for inside, public in b1.port_pairs()
     ]
     wide = [FlowMatch("udp", INSIDE, 9000, b1.external_addr, 1)]  # matches only unmarked
-    assert flusher.find(released + wide) == [
-        (17, REMOTE, 47000, b1.external_addr, b1.external_port)
-    ]
-    assert flusher.flush(released) == 1
+    with contextlib.closing(CtnetlinkFlusher(netns=g.gw, mark=TableSpec().mark)) as flusher:
+        assert flusher.find(released + wide) == [
+            (17, REMOTE, 47000, b1.external_addr, b1.external_port)
+        ]
+        assert flusher.flush(released) == 1
     assert _entries(agent, saddr=REMOTE, sport=47000) == 0
     assert _entries(agent, saddr=REMOTE, sport=47010) == 1  # the other call
     assert _entries(agent, saddr=INSIDE, sport=9000) == 1  # not ours: never dumped
+
+
+def test_one_flusher_keeps_its_socket_across_releases(agent: Any) -> None:
+    """The flusher's netlink socket lives as long as the flusher: closing one right after
+    an nftables commit that deleted elements waits for an RCU grace period and stalls the
+    agent's next transaction. A dump and exact deletes share it, call after call, and
+    answers are matched to their own request."""
+    g, e = agent.g, agent.engine
+    flusher = CtnetlinkFlusher(netns=g.gw, mark=TableSpec().mark)
+    sockets = set()
+    try:
+        for call, port in (("c1", 4000), ("c2", 4010), ("c3", 4020)):
+            b = e.reserve_binding("alg", ops.ReserveBinding(call, INSIDE, port, lifetime=60), now())
+            e.enable_rule("alg", ops.EnableRule(b.id, REMOTE, None, Direction.INBOUND), now())
+            rx = agent.recv(g.inside, INSIDE, port)
+            src = 47000 + port
+            agent.send(g.outside, REMOTE, src, b.external_addr, b.external_port, tag=call).wait()
+            wait_until(lambda rx=rx: rx.packets(), 10, what=f"{call}'s flow passes")
+            flows = [FlowMatch("udp", INSIDE, port, b.external_addr, b.external_port, REMOTE)]
+            exact = [FlowMatch("udp", INSIDE, port, b.external_addr, b.external_port, REMOTE, 9)]
+            assert flusher.flush(exact) == 0  # exact deletes of nothing: ENOENT acks
+            assert flusher.flush(flows) == 1  # a marked dump, then the exact delete
+            assert _entries(agent, saddr=REMOTE, sport=src) == 0
+            sockets.add(flusher.fileno())
+    finally:
+        flusher.close()
+    assert len(sockets) == 1 and None not in sockets
+    assert flusher.fileno() is None
