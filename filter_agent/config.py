@@ -15,6 +15,11 @@ paths are relative to the directory of the configuration file.
                         seconds; a deleted table is rebuilt at the next poll. Default 0.25.
     idempotency_ttl     how long a request's idempotency key is remembered, seconds.
                         Default 600.
+    conntrack_dump_interval
+                        the longest a released port-unknown flow's conntrack entry waits
+                        for the dump that finds it (one walk of the host's whole conntrack
+                        table, ~10 ms of kernel time each): releases meanwhile share it.
+                        The flow is dropped per packet at once anyway. Seconds, default 2.
     latch               learn a port-unknown rule's remote port from the remote's first
                         packet (NFQUEUE, RFC 7362 latching); when false, or when the kernel
                         can queue neither way, such rules stay address-only. Default true.
@@ -67,6 +72,7 @@ _SECTIONS = {
         "observe_interval",
         "table_poll_interval",
         "idempotency_ttl",
+        "conntrack_dump_interval",
         "latch",
         "latch_queue",
     },
@@ -125,6 +131,7 @@ class AgentConfig:
     observe_interval: float = 1.0
     table_poll_interval: float = 0.25
     idempotency_ttl: float = 600.0
+    conntrack_dump_interval: float = 2.0
     latch: bool = True
     latch_queue: int = 5189
 
@@ -309,6 +316,9 @@ def parse(doc: Mapping[str, Any], base: Path) -> AgentConfig:
         observe_interval=_number(agent, "agent", "observe_interval", 1.0, minimum=0.05),
         table_poll_interval=_number(agent, "agent", "table_poll_interval", 0.25, minimum=0.05),
         idempotency_ttl=_number(agent, "agent", "idempotency_ttl", 600.0, minimum=1.0),
+        conntrack_dump_interval=_number(
+            agent, "agent", "conntrack_dump_interval", 2.0, minimum=0.0
+        ),
         latch=_bool(agent, "agent", "latch", True),
         latch_queue=latch_queue,
     )

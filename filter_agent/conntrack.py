@@ -17,7 +17,7 @@ hash lookup), all of them in a few netlink writes: tens of microseconds. Flows w
 remote port is unknown (an address-only rule, RFC 7362 latching, which is how the ALG
 opens pinholes; a whole binding) share ONE dump per flush, restricted by the kernel to
 our ct mark, matched here, then deleted by exact tuple too. `kernel_io.ConntrackFlush`
-also gathers the releases of a quarter second into one flush.
+also gathers the releases of `conntrack_dump_interval` (2 s by default) into one flush.
 """
 
 from __future__ import annotations

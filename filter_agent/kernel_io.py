@@ -123,7 +123,7 @@ class ConntrackFlush:
     already dropped per packet, and its public port is quarantined far longer. Each
     thread has its own netlink socket, kept open (see CtnetlinkFlusher)."""
 
-    def __init__(self, mark: int | None = None, dump_interval: float = 0.25) -> None:
+    def __init__(self, mark: int | None = None, dump_interval: float = 2.0) -> None:
         self._exact = CtnetlinkFlusher(mark=mark)
         self._inner = CtnetlinkFlusher(mark=mark)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conntrack")

@@ -80,7 +80,8 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     path, spec = choose(LatchSettings(config.latch, config.latch_queue), TableSpec())
     store, loaded, lost = open_store(config.state_db)
     counters = CounterProcess(spec)
-    flusher, probe = ConntrackFlush(mark=spec.mark), TableProbe(spec)
+    flusher = ConntrackFlush(mark=spec.mark, dump_interval=config.conntrack_dump_interval)
+    probe = TableProbe(spec)
     service = AgentService.open(
         settings_of(config),
         LibNftablesDriver(),
