@@ -24,7 +24,7 @@ from alg.config import AlgConfig, ConfigError
 from alg.dns_resolver import AsyncDnsResolver, ResolvedTarget
 from alg.edge import EdgeRouter, LocationLookup
 from alg.errors import AlgError
-from alg.location import LocationStore, SqliteLocationStore
+from alg.location import LocationStore, OnCoreClock, SqliteLocationStore
 from alg.media.agents import AgentConfig, AgentPool
 from alg.media.antiforgery import TrustedPeer as MediaTrustedPeer
 from alg.media.core import MediaConfig, MediaCore
@@ -34,6 +34,7 @@ from alg.media.session_timer import TimerSettings as MediaTimers
 from alg.proxy import ProxyCore
 from alg.ratelimit import Rate, RateLimitConfig, RateLimiter
 from alg.registrar import Registrar, RegistrarPolicy
+from alg.relayed import RelayedRegistrations, SqliteRelayedJournal
 from alg.sip import SipUri, parse_uri
 from alg.subscribers import SqliteSubscriberStore
 from fcp.client import ClientTls, FcpClient
@@ -64,6 +65,7 @@ class AlgServices:
     location: LocationStore
     subscribers: SqliteSubscriberStore | None
     cdr_writer: CdrWriter | None
+    relayed_journal: SqliteRelayedJournal | None = None
     resolver: AsyncDnsResolver = field(default_factory=AsyncDnsResolver)
     rng: random.Random = field(default_factory=random.Random)
 
@@ -122,6 +124,8 @@ class AlgServices:
     def close(self) -> None:
         """Close the stores; idempotent."""
         self.location.close()
+        if self.relayed_journal is not None:
+            self.relayed_journal.close()
         if self.subscribers is not None:
             self.subscribers.close()
         if self.cdr_writer is not None:
@@ -183,12 +187,17 @@ def assemble(config: AlgConfig) -> AlgServices:
     subscribers_db = config.auth.subscribers
     authenticating = subscribers_db is not None
     proxy = replace(proxy, auth_realm=config.auth.realm if authenticating else None)
+    # The core's clock is monotonic (asyncio's loop.time() is time.monotonic()); stores
+    # that outlive the process keep POSIX times (alg.location.OnCoreClock).
+    wall_offset = time.time() - time.monotonic()
     location = SqliteLocationStore(config.registrar.database)
+    on_core = OnCoreClock(location, wall_offset)
+    journal = SqliteRelayedJournal(config.registrar.database)
     subscribers = SqliteSubscriberStore(subscribers_db) if subscribers_db is not None else None
     domains = frozenset(config.domains) | {config.inside.address, config.outside.address}
     static = {user.user: user.contacts for user in config.static_users}
     router_config = routing.RouterConfig(
-        domains, StaticAndRegistered(LocationLookup(location), static), _routing_table(config)
+        domains, StaticAndRegistered(LocationLookup(on_core), static), _routing_table(config)
     )
     policy = DigestPolicy(
         nonce_lifetime=config.auth.nonce_lifetime,
@@ -213,6 +222,7 @@ def assemble(config: AlgConfig) -> AlgServices:
                 max_contacts=config.registrar.max_contacts,
                 require_auth=authenticating and config.auth.register,
             ),
+            wall_offset=wall_offset,
         )
     edge = EdgeRouter(
         proxy,
@@ -222,6 +232,8 @@ def assemble(config: AlgConfig) -> AlgServices:
         outbound_auth=authenticator(Role.PROXY) if config.auth.outbound else None,
         realm=config.auth.realm,
         dns=config.dns_resolver == "system",
+        relayed=RelayedRegistrations(journal=journal, now=time.time()),
+        wall_offset=wall_offset,
     )
     limiter = None
     if config.ratelimit.enabled:
@@ -235,7 +247,7 @@ def assemble(config: AlgConfig) -> AlgServices:
         )
     recorder = CallRecorder() if config.cdr_file else None
     core = ProxyCore(
-        proxy, edge, limiter=limiter, recorder=recorder, media=media_core(config, location)
+        proxy, edge, limiter=limiter, recorder=recorder, media=media_core(config, on_core)
     )
     writer = CdrWriter(config.cdr_file) if config.cdr_file else None
-    return AlgServices(config, core, edge, location, subscribers, writer)
+    return AlgServices(config, core, edge, location, subscribers, writer, journal)

@@ -22,9 +22,10 @@ provider's location service points at us, never at the inside phone. The provide
 401/407 challenges and the phone's credentials for the provider's realm pass untouched
 (RFC 3261 §22.3: a proxy only consumes credentials of its own realm).
 
-`RelayedRegistrations` remembers each Contact relayed that way: the URI the phone wrote,
-where the REGISTER came from (the phone's address as we see it: behind a NAT, the only
-way to reach it, RFC 3261 §10.3 / RFC 5626 §5.3) and which upstream hosts it went to.
+`RelayedRegistrations` (alg/relayed.py, journaled so that it survives a restart)
+remembers each Contact relayed that way: the URI the phone wrote, where the REGISTER came
+from (the phone's address as we see it: behind a NAT, the only way to reach it, RFC 3261
+§10.3 / RFC 5626 §5.3) and which upstream hosts it went to.
 When the provider later sends a call to that Contact (RFC 3261 §16.5: its Request-URI is
 the registered contact, which our inbound restore turns back into the phone's URI), the
 request is routed to the phone — only when it comes from one of those hosts: nobody else
@@ -39,18 +40,15 @@ Everything is synchronous and pure but for the stores it is given.
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
 
 from alg import routing
 from alg.auth import Authenticated, AuthFailure, Challenge, DigestAuthenticator
 from alg.dns_resolver import ResolvedTarget
-from alg.errors import SipParseError
 from alg.location import LocationStore, Source
 from alg.proxy_model import Answer, Endpoint, ProxyConfig, Resolve, Routed, Target
-from alg.registrar import Registrar, uri_equivalent
+from alg.registrar import Registrar
+from alg.relayed import RelayedRegistrations
 from alg.sip import SipMessage, SipUri, TelUri
 
 
@@ -84,108 +82,6 @@ class LocationLookup:
         ]
 
 
-RELAY_MAX_EXPIRES: Final = 86_400  # s: what a phone may ask for is bounded (a day)
-RELAY_DEFAULT_EXPIRES: Final = 3600  # s: no expires given (RFC 3261 §10.2.1.1)
-RELAY_CAPACITY: Final = 10_000  # contact addresses; the oldest go first beyond that
-_PER_ADDRESS: Final = 4  # variants (parameters) of one user@host:port kept, newest last
-
-_ContactKey = tuple[str, str, int | None]
-
-
-@dataclass(frozen=True, slots=True)
-class RelayedContact:
-    """A Contact an inside phone registered upstream through us (see the docstring)."""
-
-    uri: SipUri  # as the phone wrote it: what a masked Request-URI is restored to
-    aor: str  # canonical To URI of the REGISTER
-    reach: Endpoint  # where the REGISTER came from: where the phone is reached
-    upstream: frozenset[str]  # hosts it was relayed to: only they may route to it
-    expires_at: float
-
-
-def _contact_key(uri: SipUri) -> _ContactKey:
-    return (uri.user or "", uri.host.lower(), uri.port)
-
-
-def _expires(text: str | None) -> int | None:
-    if text is None:
-        return None
-    text = text.strip()
-    return int(text) if text.isascii() and text.isdigit() else None
-
-
-class RelayedRegistrations:
-    """Contacts of REGISTERs relayed upstream, by contact URI (RFC 3261 §19.1.4
-    equality), bounded in number and lifetime; `now` is explicit."""
-
-    def __init__(
-        self, *, capacity: int = RELAY_CAPACITY, max_expires: int = RELAY_MAX_EXPIRES
-    ) -> None:
-        self.capacity = capacity
-        self.max_expires = max_expires
-        self._by_key: OrderedDict[_ContactKey, tuple[RelayedContact, ...]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return sum(len(entries) for entries in self._by_key.values())
-
-    def note(
-        self, request: SipMessage, source: Endpoint, upstream: frozenset[str], now: float
-    ) -> None:
-        """Remember (or renew, or drop) the contacts of a REGISTER sent upstream. An
-        unreadable REGISTER is ignored: the registrar upstream will refuse it."""
-        try:
-            to_uri = request.to.uri
-            contacts = request.contact
-            header_expires = _expires(request.header("expires"))
-        except SipParseError:
-            return
-        if not isinstance(to_uri, SipUri):
-            return
-        aor = routing.aor_of(to_uri)
-        if contacts.wildcard:  # §10.2.2: remove every binding of this AOR (ours: its phone's)
-            for key, entries in list(self._by_key.items()):
-                kept = tuple(e for e in entries if e.aor != aor or e.reach.host != source.host)
-                self._store(key, kept)
-            return
-        for contact in contacts.contacts:
-            uri = contact.uri
-            if not isinstance(uri, SipUri):
-                continue
-            expires = _expires(contact.param("expires"))
-            if expires is None:
-                expires = header_expires if header_expires is not None else RELAY_DEFAULT_EXPIRES
-            key = _contact_key(uri)
-            kept = tuple(e for e in self._by_key.get(key, ()) if not uri_equivalent(e.uri, uri))
-            if expires > 0:
-                granted = min(expires, self.max_expires)
-                kept += (RelayedContact(uri, aor, source, upstream, now + granted),)
-            self._store(key, kept[-_PER_ADDRESS:])
-        while len(self._by_key) > self.capacity:
-            self._by_key.popitem(last=False)
-
-    def lookup(self, uri: object, source_host: str, now: float) -> RelayedContact | None:
-        """The live relayed contact `uri` names, if `source_host` is one of the hosts its
-        REGISTER went to."""
-        if not isinstance(uri, SipUri):
-            return None
-        key = _contact_key(uri)
-        entries = self._by_key.get(key, ())
-        live = tuple(e for e in entries if e.expires_at > now)
-        if live != entries:
-            self._store(key, live)
-        for entry in live:
-            if source_host in entry.upstream and uri_equivalent(entry.uri, uri):
-                return entry
-        return None
-
-    def _store(self, key: _ContactKey, entries: tuple[RelayedContact, ...]) -> None:
-        if entries:
-            self._by_key[key] = entries
-            self._by_key.move_to_end(key)
-        else:
-            self._by_key.pop(key, None)
-
-
 class EdgeRouter:
     def __init__(
         self,
@@ -197,6 +93,8 @@ class EdgeRouter:
         outbound_auth: DigestAuthenticator | None = None,
         realm: str = "sipwall",
         dns: bool = False,
+        relayed: RelayedRegistrations | None = None,
+        wall_offset: float = 0.0,
     ) -> None:
         self.dns = dns  # may names be resolved (RFC 3263)? off: never ask for a lookup
         self.proxy = proxy
@@ -205,7 +103,10 @@ class EdgeRouter:
         self.register_auth = register_auth
         self.outbound_auth = outbound_auth
         self.realm = realm
-        self.relayed = RelayedRegistrations()
+        # relayed registrations keep POSIX times (they are journaled across restarts);
+        # `now` here is the core's monotonic clock
+        self.relayed = relayed if relayed is not None else RelayedRegistrations()
+        self.wall_offset = wall_offset
         # RFC 3263 answers by Request-URI, filled by the shell (alg.aio) after a lookup;
         # short-lived: the resolver has its own TTL-honouring cache
         self._resolved: dict[str, tuple[float, tuple[ResolvedTarget, ...]]] = {}
@@ -229,7 +130,7 @@ class EdgeRouter:
         if request.method == "REGISTER" and self._is_ours(uri):
             return self._register(request, source, now)
         if source.side == "outside" and request.method != "REGISTER":
-            relayed = self.relayed.lookup(uri, source.host, now)
+            relayed = self.relayed.lookup(uri, source.host, now + self.wall_offset)
             if relayed is not None:  # a call from the provider to a phone registered there
                 return Routed((Target(relayed.reach),), parallel=False)
         decided = routing.route(
@@ -251,7 +152,7 @@ class EdgeRouter:
                 return answer
         if leaving and request.method == "REGISTER":
             upstream = frozenset(t.next_hop.host for t in targets if t.next_hop.side == "outside")
-            self.relayed.note(request, source, upstream, now)
+            self.relayed.note(request, source, upstream, now + self.wall_offset)
         return Routed(targets, parallel=decided.parallel)
 
     # --- pieces -------------------------------------------------------------------

@@ -168,6 +168,33 @@ class LocationStore(Protocol):
     def close(self) -> None: ...
 
 
+class OnCoreClock:
+    """A `LocationStore` for code whose `now` is the proxy core's monotonic clock (the
+    registrar, routing, media anti-forgery): it adds `wall_offset` (POSIX minus
+    monotonic, taken once at start) to every `now` it passes on, so the store keeps POSIX
+    times. Stored monotonic times would be wrong after a reboot, when the clock starts
+    again near zero: a registration would look live for as long as the host had been up."""
+
+    def __init__(self, store: LocationStore, wall_offset: float) -> None:
+        self.store = store
+        self.wall_offset = wall_offset
+
+    def lookup(self, aor: str, now: float) -> tuple[Binding, ...]:
+        return self.store.lookup(aor, now + self.wall_offset)
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        self.store.apply(changes)
+
+    def purge(self, now: float) -> int:
+        return self.store.purge(now + self.wall_offset)
+
+    def aors(self, now: float) -> tuple[str, ...]:
+        return self.store.aors(now + self.wall_offset)
+
+    def close(self) -> None:
+        self.store.close()
+
+
 class MemoryLocationStore:
     """A dict of dicts; for tests and single-process use."""
 

@@ -470,15 +470,24 @@ class Registrar:
     """`process_register` over a `LocationStore`: read, decide, commit atomically."""
 
     def __init__(
-        self, store: LocationStore, domains: Collection[str], policy: RegistrarPolicy
+        self,
+        store: LocationStore,
+        domains: Collection[str],
+        policy: RegistrarPolicy,
+        *,
+        wall_offset: float = 0.0,
     ) -> None:
         self.store = store
         self.domains = frozenset(d.lower() for d in domains)
         self.policy = policy
+        # `handle` gets the proxy core's monotonic `now`; the store keeps POSIX times
+        # (alg.location.OnCoreClock says why)
+        self.wall_offset = wall_offset
 
     def handle(
         self, msg: SipMessage, identity: Identity | None, source: Source, now: float
     ) -> RegisterDecision:
+        now += self.wall_offset
         aor = aor_of(msg)
         try:
             current = self.store.lookup(aor, now) if aor is not None else ()

@@ -14,8 +14,8 @@ from proxy_harness import ALICE, BOB, sent_to
 from alg.assemble import AlgServices, assemble
 from alg.builders import build_response
 from alg.config import parse_config
-from alg.edge import RelayedRegistrations
 from alg.proxy_model import Endpoint
+from alg.relayed import RelayedRegistrations
 from alg.sip import SipMessage, SipUri, parse_message, parse_uri
 
 PROVIDER = Endpoint("outside", "UDP", "198.51.100.10", 5060)

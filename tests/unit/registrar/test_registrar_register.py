@@ -531,3 +531,32 @@ def test_policy_validates_itself() -> None:
         RegistrarPolicy(min_expires=100, default_expires=50)
     with pytest.raises(ValueError):
         RegistrarPolicy(max_contacts=0)
+
+
+def test_a_reboot_does_not_revive_expired_registrations(
+    register: RegisterBuilder, tmp_path: Path
+) -> None:
+    """The core's clock is monotonic and restarts near zero with the host; the store
+    keeps POSIX times (`wall_offset`), so expiry survives a reboot both ways."""
+    path = tmp_path / "location.db"
+    up_for_a_month = 30 * 86_400.0
+    before = Registrar(SqliteLocationStore(path), ["example.com"], POLICY, wall_offset=T0)
+    handle(before, register(contacts=["<sip:a@10.0.0.1>"], expires=600), up_for_a_month)
+    before.store.close()
+    # an hour later (POSIX), after a reboot: monotonic 100 s, hence a new offset
+    wall_then = T0 + up_for_a_month + 3600
+    after = Registrar(
+        SqliteLocationStore(path), ["example.com"], POLICY, wall_offset=wall_then - 100
+    )
+    assert after.store.lookup(AOR, wall_then) == ()  # long expired
+    assert header(handle(after, register(cseq=2), 100.0), "Contact") == []
+    # and one registered just before the reboot is still live, with the right remainder
+    handle(after, register(contacts=["<sip:b@10.0.0.2>"], cseq=3, expires=600), 100.0)
+    after.store.close()
+    rebooted = Registrar(
+        SqliteLocationStore(path), ["example.com"], POLICY, wall_offset=wall_then + 60 - 5
+    )
+    assert header(handle(rebooted, register(cseq=4), 5.0), "Contact") == [
+        b"<sip:b@10.0.0.2>;expires=540"
+    ]
+    rebooted.store.close()
