@@ -43,7 +43,14 @@ from fcp.ctl import table
 from labs import build
 from labs import state as st
 from labs.baresip import Phone, PhoneConfig, PhoneError
-from labs.gateway_config import AgentEntry, AgentFiles, AlgFiles, agent_toml, alg_toml
+from labs.gateway_config import (
+    AgentEntry,
+    AgentFiles,
+    AlgFiles,
+    agent_toml,
+    alg_toml,
+    write_alg_state_dir,
+)
 from labs.netns import poll_until
 from labs.nsock import socket_in
 from labs.tone import Tone, ToneError, analyse
@@ -69,13 +76,22 @@ LATE_PACKETS = 5
 
 
 def write_gateway_configs(
-    work: Path, pki: Path, *, domains: Sequence[str] = (), upstream: str | None = None
+    work: Path,
+    pki: Path,
+    *,
+    domains: Sequence[str] = (),
+    upstream: str | None = None,
+    alg_state: Path | None = None,
 ) -> None:
-    """agent.toml and alg.toml of the `basic` gateway (one agent, FCP on 127.0.0.1)."""
+    """agent.toml and alg.toml of the `basic` gateway (one agent, FCP on 127.0.0.1);
+    `alg_state`: the ALG keeps its registrations and media secret there (restartable)."""
     agent = AgentFiles(f"127.0.0.1:{FCP_PORT}", GW_OUTSIDE, pki)
     (work / "agent.toml").write_text(agent_toml(agent))
     entry = AgentEntry("gw1", f"127.0.0.1:{FCP_PORT}", pki)
-    alg = AlgFiles(GW_INSIDE, GW_OUTSIDE, (entry,), domains, upstream, log_level="DEBUG")
+    state = write_alg_state_dir(alg_state) if alg_state is not None else None
+    alg = AlgFiles(
+        GW_INSIDE, GW_OUTSIDE, (entry,), domains, upstream, log_level="DEBUG", state_dir=state
+    )
     (work / "alg.toml").write_text(alg_toml(alg))
 
 
@@ -138,6 +154,7 @@ class Demo:
     problems: list[str] = field(default_factory=list)
     _dumpcaps: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _alg: subprocess.Popen[bytes] | None = None
 
     # -- lab and processes ----------------------------------------------------------------
 
@@ -211,16 +228,39 @@ class Demo:
 
         _deadline_poll("the agent serving FCP", 20, agent_listens)
         self.say(f"agent up: FCP on 127.0.0.1:{FCP_PORT} in gw, public pool {GW_OUTSIDE}")
+        self._start_alg()
+
+    def restart_alg(self) -> None:
+        """Stop the ALG (SIGTERM) and start it again with the same configuration; the
+        agent keeps running."""
+        lab = self._lab()
+        alg = self._alg
+        if alg is not None:
+            alg.terminate()
+            try:
+                alg.wait(10)
+            except subprocess.TimeoutExpired:
+                alg.kill()
+                alg.wait()
+            lab.forget(alg)
+            self._daemons.remove(alg)
+        self._start_alg()
+
+    def _start_alg(self) -> None:
+        lab = self._lab()
+        sipwall = [sys.executable, "-m", "sipwall"]
+        log = lab.log_path("gw", "alg")
+        seen = log.read_text(errors="replace").count("sipwall alg: ready") if log.exists() else 0
         alg = lab.spawn(
             "gw", [*sipwall, "alg", "--config", str(self.work / "alg.toml")], name="alg"
         )
         self._daemons.append(alg)
-        log = lab.log_path("gw", "alg")
+        self._alg = alg
 
         def alg_ready() -> bool:
             if alg.poll() is not None:
                 raise DemoFailure(f"the ALG exited ({alg.returncode}); see logs/gw-alg.log")
-            return "sipwall alg: ready" in log.read_text(errors="replace")
+            return log.read_text(errors="replace").count("sipwall alg: ready") > seen
 
         _deadline_poll("the ALG ready", 20, alg_ready)
         self.say(f"ALG up: {GW_INSIDE}:5060 inside, {GW_OUTSIDE}:5060 outside, media anchored")

@@ -8,6 +8,7 @@ path in the agent's file is relative to that file's directory (filter_agent/conf
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,23 @@ class AlgFiles:
     upstream: str | None = None  # host:port
     stats: Path | None = None
     log_level: str = "INFO"
+    # Where the ALG keeps what must survive its restart: the registrar's database (also
+    # the relayed registrations' journal) and the media secret that keys the topology-
+    # hiding tokens. None: in memory, a random secret per start.
+    state_dir: Path | None = None
+
+
+SECRET_FILE = "media.secret"
+
+
+def write_alg_state_dir(path: Path) -> Path:
+    """A state directory for `AlgFiles.state_dir`, with a fresh media secret in it."""
+    path.mkdir(parents=True, exist_ok=True)
+    secret = path / SECRET_FILE
+    if not secret.exists():
+        secret.write_text(os.urandom(32).hex() + "\n")
+        secret.chmod(0o600)
+    return path
 
 
 def alg_toml(alg: AlgFiles) -> str:
@@ -91,11 +109,16 @@ def alg_toml(alg: AlgFiles) -> str:
         ]
         agents.append("\n".join(lines))
     files = f'[files]\nstats = "{alg.stats}"\n' if alg.stats is not None else ""
+    database, secret = ":memory:", ""
+    if alg.state_dir is not None:
+        database = str(alg.state_dir / "registrar.db")
+        secret = f'secret_file = "{alg.state_dir / SECRET_FILE}"\n'
+
     return (
         f'[inside]\naddress = "{alg.inside}"\ntransports = ["udp"]\n'
         f'[outside]\naddress = "{alg.outside}"\ntransports = ["udp"]\n'
         "[proxy]\n" + "\n".join(proxy) + "\n"
-        '[registrar]\nenabled = true\ndatabase = ":memory:"\n'
-        "[media]\nenabled = true\n" + "\n".join(agents) + "\n"
+        f'[registrar]\nenabled = true\ndatabase = "{database}"\n'
+        f"[media]\nenabled = true\n{secret}" + "\n".join(agents) + "\n"
         f'{files}[log]\nlevel = "{alg.log_level}"\n'
     )

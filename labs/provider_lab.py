@@ -77,12 +77,20 @@ class ProviderLab:
         self.start_kamailio()
         pki = self.work / "pki"
         write_lab_pki(pki, generate_lab_pki(["127.0.0.1"], ["alg-1", "ctl"]))
-        write_gateway_configs(self.work, pki, upstream=f"{PROVIDER}:5060")
+        write_gateway_configs(
+            self.work, pki, upstream=f"{PROVIDER}:5060", alg_state=self.work / "alg-state"
+        )
         # the demo's process handling: started through the lab, waited for, stopped
         self._demo = Demo(
             self.work, self.lab.name, say=lambda _: None, lab=self.lab, work=self.work
         )
         self._demo.start_agent_and_alg()
+
+    def restart_alg(self) -> None:
+        """SIGTERM the ALG and start it again: what it must keep (the registrations it
+        relayed upstream, the media secret of its tokens) is in `work/alg-state`."""
+        assert self._demo is not None
+        self._demo.restart_alg()
 
     def start_kamailio(self) -> None:
         rundir = self.work / "kamailio"

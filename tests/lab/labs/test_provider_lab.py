@@ -69,7 +69,7 @@ def test_registration_through_sipwall_is_challenged_and_stores_our_outside_addre
     contacts = [r for r in provider.registered() if r.aor == "alice"]
     assert [c.contact for c in contacts] == [saved.group(1)], provider.registered()
     contact = contacts[0].contact
-    assert re.fullmatch(rf"sip:sw-[a-z2-7]{{16}}@{re.escape(GW_OUTSIDE)}:5060", contact), contact
+    assert re.fullmatch(rf"sip:sw-[a-z2-7]+@{re.escape(GW_OUTSIDE)}:5060", contact), contact
     # no inside address anywhere in what the provider's location service holds
     dump = provider.kamcmd("ul.dump") or ""
     assert "10.77.0." not in dump, dump
@@ -107,7 +107,7 @@ def test_incoming_call_from_the_provider_reaches_the_inside_phone(provider: Prov
     # the provider routed carol's call by its location service to sipwall's outside
     # address (the masked Contact), after carol had authenticated
     assert re.search(
-        rf"provider: INVITE sip:carol@{DOMAIN} -> sip:sw-[a-z2-7]{{16}}@{GW_OUTSIDE}:5060", log
+        rf"provider: INVITE sip:carol@{DOMAIN} -> sip:sw-[a-z2-7]+@{GW_OUTSIDE}:5060", log
     ), log
 
 
