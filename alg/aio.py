@@ -9,6 +9,8 @@ blocks, so neither does the shell.
 With media anchoring, one task per filter agent keeps its FCP event stream (WatchEvents)
 open and hands every event to the media core's agent pool (`AgentPool.on_event`); a
 stream that breaks counts against that agent's health and is reopened after a backoff.
+An event saying a call's media is gone goes to the core (`ProxyCore.media_gone`), and the
+BYEs with which it may end that call are sent at once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Protocol, runtime_checkable
 from alg.cdr import Cdr
 from alg.config import AlgConfig
 from alg.media.actions import AgentAction
+from alg.media.agents import GroupGone
 from alg.media.perform import AgentApi, perform
 from alg.proxy import ProxyCore
 from alg.proxy_model import SIDES, Endpoint, Send, Side
@@ -241,7 +244,7 @@ class AlgShell:
                     log.log(level, "agent %s: event %s %s", name, event.kind.value, event.message)
                     gone = media.pool.on_event(name, event)
                     if gone is not None:
-                        media.bindings_gone(gone)
+                        self._media_gone(gone)
                 reason = "stream ended"
             except Exception as exc:  # noqa: BLE001 - FcpError or a broken channel: retry
                 reason = str(exc) or type(exc).__name__
@@ -250,6 +253,17 @@ class AlgShell:
             delay = media.pool.watch_delay(failures)
             log.warning("agent %s: event stream down (%s); retry in %.1fs", name, reason, delay)
             await asyncio.sleep(delay)  # backoff before reopening, not a wait for a condition
+
+    def _media_gone(self, gone: GroupGone) -> None:
+        """A call's media is gone: the core may end the call; its BYEs leave now, outside
+        the receive/result dispatch (as `_perform` does for an agent's answer)."""
+        try:
+            sends = self.core.media_gone(gone, self._loop.time())
+        except Exception:  # the core must never crash the shell (nor break the stream)
+            log.exception("core failed on %s", gone)
+            return
+        self._dispatch(sends)
+        self._after_core()
 
     def _datagram_factory(self, side: Side, sock: socket.socket | None) -> Callable[[], _Datagrams]:
         return lambda: _Datagrams(side, self.deliver, sock)

@@ -52,6 +52,7 @@ from alg.forwarding import (
 )
 from alg.logsetup import call_context
 from alg.media.actions import AgentResult
+from alg.media.agents import GroupGone
 from alg.media.core import MediaCore
 from alg.media_gate import MediaGate
 from alg.proxy_model import (
@@ -269,6 +270,17 @@ class ProxyCore(ProxyResponses):
         recorder = self.calls.recorder if self.calls is not None else None
         out = self._gate.results(result, now, recorder)
         self._send_media_requests(now, out)
+        return out
+
+    def media_gone(self, gone: GroupGone, now: float) -> list[Send]:
+        """The agent says (part of) a call's media is gone (FCP WatchEvents): the media
+        core may end that call (`MediaCore.bindings_gone`); its BYEs go out here. The
+        call's ending reaches the CDR with the answer to its release, which follows
+        (`media_result`), as for an ending made while a message crossed."""
+        out: list[Send] = []
+        if self.media is not None:
+            self.media.bindings_gone(gone, now)
+            self._send_media_requests(now, out)
         return out
 
     def _send_media_requests(self, now: float, out: list[Send]) -> None:

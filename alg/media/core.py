@@ -19,10 +19,11 @@ from the outside before parsing it (`inbound`). For each message the core
 4. rewrites what goes out (`alg.media.rewrite`): SDP anchored, topology hidden, and a
    final scan guarantees no inside address leaves (else 500, nothing forwarded);
 5. when a 2xx to an INVITE cannot be forwarded, or a confirmed call cannot get its
-   pinholes, ends the dialogs the ALG itself (`alg.media.teardown`): ACK and BYE to the
-   2xx's sender, BYE to a party that already has the dialog; `take_requests()` hands
-   them to the proxy, and `take_endings()` tells the CDR of an answered call it ended
-   when and why (no party's BYE will).
+   pinholes or the agent says its media is gone (`bindings_gone`: idle, expired,
+   removed by an operator), ends the dialogs the ALG itself (`alg.media.teardown`): ACK
+   and BYE to the 2xx's sender, BYE to a party that already has the dialog;
+   `take_requests()` hands them to the proxy, and `take_endings()` tells the CDR of an
+   answered call it ended when and why (no party's BYE will).
 
 Every parked message is resolved exactly once: `on_result` and `handle_timer` return
 what they let go or refused, and whatever a crossing refused (a BYE, CANCEL or failure
@@ -63,7 +64,14 @@ from alg.media.record import failed_release_record, media_record
 from alg.media.rewrite import TopologyLeak, restore_inbound, sdp_of
 from alg.media.session import BindingSlot, Call, CallEvent, NeedMap, Phase, Side, Slot
 from alg.media.streams import Need
-from alg.media.teardown import DialogEnds, EndedByAlg, ack_and_bye, bye, reason_header
+from alg.media.teardown import (
+    MEDIA_GONE,
+    DialogEnds,
+    EndedByAlg,
+    ack_and_bye,
+    bye,
+    reason_header,
+)
 from alg.sip import SipMessage, parse_message
 from fcp.errors import FcpError, Reason
 from fcp.types import Binding, Rule
@@ -246,17 +254,52 @@ class MediaCore(Placement):
     def call(self, call_id: str) -> Call | None:
         return self._calls.get(call_id)
 
-    def bindings_gone(self, gone: GroupGone) -> Call | None:
-        """The agent removed part of a call's group (FCP event: expired, idle, removed by
-        an operator): that media no longer flows. Logged and counted; the call ends by its
-        signalling or its own timer (RFC 4028), not here."""
-        for call in self._calls.values():
-            if call.group_id == gone.group_id and call.agent == gone.agent:
-                self.stats[f"agent.gone.{gone.kind.value}"] += 1
-                log.warning("call %s: agent %s: %s", call.call_id, gone.agent, gone)
-                return call
-        self.stats["agent.gone.no_call"] += 1  # e.g. a lifetime ending after the hangup
-        return None
+    def bindings_gone(self, gone: GroupGone, now: float) -> Call | None:
+        """The agent removed part of a call's group (FCP WatchEvents: EXPIRED, IDLE,
+        REMOVED_BY_ADMIN; RFC 5189 §2.2.3): that media no longer flows. The call it
+        belongs to, if any; the BYEs it causes wait in `take_requests()`.
+
+        * A group the ALG no longer knows (released, or an attempt it replaced) and a
+          binding or rule the call no longer holds (superseded by make before break, a
+          freed binding, a lost fork's rule: an expiry racing our own removal) change
+          nothing: counted only.
+        * A confirmed call ends as when its pinholes cannot be opened (`_tear_down`):
+          BYE to both parties of each dialog that used what is gone — a binding is every
+          dialog's, a rule its dialog's — with `Reason: SIP;cause=...` (RFC 3326 §2) as
+          `MEDIA_GONE` says: 408 "media timeout" (IDLE), 408 "media lifetime expired"
+          (EXPIRED), 503 "media removed by operator". The CDR says the ALG ended it and
+          why, and the group is released (the agent answers NOT_FOUND for what it already
+          removed: an empty report, `alg.media.perform`).
+        * Before the 2xx nothing is ended (counted `agent.gone.kept`): an early dialog
+          is the caller's to CANCEL (RFC 3261 §9.1), and ending it for them needs the
+          proxy's INVITE server transaction (a final to the caller, CANCEL downstream,
+          §16.10), which this core does not hold. Such a call goes on without that
+          media until its signalling or its timers end it."""
+        call = next(
+            (
+                c
+                for c in self._calls.values()
+                if c.group_id == gone.group_id and c.agent == gone.agent
+            ),
+            None,
+        )
+        if call is None:
+            self.stats["agent.gone.no_call"] += 1  # e.g. a lifetime ending after the hangup
+            return None
+        self.stats[f"agent.gone.{gone.kind.value}"] += 1
+        log.warning("call %s: agent %s: %s", call.call_id, gone.agent, gone)
+        tags = _legs_using(call, gone)
+        if tags is None:
+            self.stats["agent.gone.stale"] += 1
+            return call
+        cause = MEDIA_GONE.get(gone.kind)
+        confirmed = [tag for tag in tags if call.legs[tag].confirmed]
+        if cause is None or call.phase is not Phase.CONFIRMED or not confirmed:
+            self.stats["agent.gone.kept"] += 1
+            return call
+        self.stats["teardown.media_gone"] += 1
+        self._tear_down(call, confirmed, *cause, now)
+        return call
 
     @property
     def call_count(self) -> int:
@@ -312,20 +355,31 @@ class MediaCore(Placement):
         leg = call.legs.get(tag)
         if leg is None or not leg.confirmed or call.phase is not Phase.CONFIRMED:
             return
+        self.stats["teardown.no_pinhole"] += 1
+        self._tear_down(call, [tag], 503, "media anchoring failed", now)
+
+    def _tear_down(
+        self, call: Call, tags: list[str | None], status: int, text: str, now: float
+    ) -> None:
+        """End the confirmed dialogs `tags` of `call` (`alg.media.teardown`): a BYE to
+        each party, with `Reason: SIP;cause=<status>;text="<text>"` (RFC 3326 §2). The
+        call ends with its last dialog (its CDR says the ALG ended it, `take_endings`);
+        while another 2xx's dialog lives (RFC 3261 §13.2.2.4) only these are dropped."""
         ends = self._ends.get(call.call_id)
-        answer = ends.answers.get(tag) if ends is not None else None
-        status, text = 503, "media anchoring failed"
-        if ends is not None and answer is not None and tag not in ends.torn:
+        reason = reason_header(status, text)
+        for tag in tags:
+            answer = ends.answers.get(tag) if ends is not None else None
+            if ends is None or answer is None or tag in ends.torn:
+                continue
             ends.torn.add(tag)
-            reason = reason_header(status, text)
             for side in ("inside", "outside"):
                 request = bye(ends, answer, side, tag, reason)
                 if request is not None:
                     self._send(request, now)
-        self.stats["teardown.no_pinhole"] += 1
         self._remember_ended(call.call_id, now)
-        if len(call.live_confirmed()) > 1:
-            self._drop_leg(call, tag, now)
+        if any(leg.tag not in tags for leg in call.live_confirmed()):
+            for tag in tags:
+                self._drop_leg(call, tag, now)
         else:
             call.move(CallEvent.BYE_LAST)
             self._ended_by_us(call, status, text, now)
@@ -429,6 +483,24 @@ class MediaCore(Placement):
         if registrations is None:
             return set()
         return registered_sources(registrations, msg, now)
+
+
+def _legs_using(call: Call, gone: GroupGone) -> list[str | None] | None:
+    """The dialogs of `call` that used what `gone` names (a rule: its leg; a binding, or
+    the whole group: every leg); None if the call no longer holds it."""
+    if gone.rule_id is not None:
+        tags = [
+            tag
+            for tag, leg in call.legs.items()
+            if any(slot.rule_id == gone.rule_id for slot in leg.rules.values())
+        ]
+        return tags or None
+    if gone.binding_id is not None and not any(
+        slot.binding is not None and slot.binding.binding_id == gone.binding_id
+        for slot in call.bindings.values()
+    ):
+        return None
+    return list(call.legs)
 
 
 def _is_initial_invite(msg: SipMessage) -> bool:

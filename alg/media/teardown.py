@@ -14,6 +14,12 @@ a party that already has the dialog (a re-INVITE's sender, or both parties of a 
 call whose pinholes could not be opened) gets a BYE. Every BYE carries a Reason header
 (RFC 3326 §2) with the SIP cause.
 
+The same BYEs end a confirmed call whose media the agent removed behind the ALG's back
+(FCP WatchEvents, RFC 5189 §2.2.3 asynchronous notification; `MediaCore.bindings_gone`),
+as rtpengine with Kamailio's dialog module and commercial SBCs do on a media timeout or
+an operator's kill: the dialog would otherwise live on without media until a party hangs
+up or the RFC 4028 session timer runs out. `MEDIA_GONE` names the Reason of each kind.
+
 Dialog state (`DialogEnds`, per call): the route set comes from the Record-Route of the
 initial 2xx (§12.1.2), split at our own double entry (RFC 5658 §4): the entries above it
 lead to the callee (reversed), those below it to the caller. Remote targets are the
@@ -28,11 +34,25 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import Final
 
 from alg.builders import build_dialog_request
 from alg.errors import SipParseError
 from alg.media.actions import OwnRequest
 from alg.sip import NameAddress, SipMessage, SipUri, Via
+from fcp.types import EventKind
+
+# Why the ALG ends a confirmed call whose media the agent removed: the RFC 3326 cause (a
+# SIP status) and text of its BYEs. A timer of the agent's ran out — no packet at all,
+# RTP nor RTCP, within the rule's max-idle (RFC 3550 §6.2: a live endpoint keeps sending
+# RTCP even while on hold), or the lifetime the ALG asked for was cut short — is a
+# timeout, 408 (RFC 3261 §21.4.9), as SBCs report an RTP timeout; an operator's removal
+# is the service refusing that call any longer, 503 (§21.5.4).
+MEDIA_GONE: Final[dict[EventKind, tuple[int, str]]] = {
+    EventKind.IDLE: (408, "media timeout"),
+    EventKind.EXPIRED: (408, "media lifetime expired"),
+    EventKind.REMOVED_BY_ADMIN: (503, "media removed by operator"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +95,29 @@ class DialogEnds:
                 self.vias[to_side] = OurVia(top.transport, _sent_by(top))
                 if msg.method == "INVITE":
                     self._target(msg, from_side)
+                    if msg.to.tag is None:
+                        self._facing(msg, from_side, to_side)
             elif 200 <= msg.status < 300 and msg.cseq.method == "INVITE":
                 self._target(msg, from_side)
                 if from_side != self.caller_side:
                     self.answers.setdefault(tag, msg)
         except SipParseError:
             return
+
+    def _facing(self, msg: SipMessage, side: str, to_side: str) -> None:
+        """Our Record-Route entry facing `side`, from the initial INVITE as it crosses
+        (RFC 5658 §4: the top one of our double entry faces where the request goes, the
+        next one the side it came from): the Via of a request we send to `side` before
+        the proxy sent any there. The 2xx's copy cannot tell: our entry facing the
+        inside leaves masked, and comes back so."""
+        record = msg.record_routes
+        top = self.vias.get(to_side)
+        if len(record) < 2 or top is None or _hostport(record[0]) != top.sent_by:
+            return
+        uri, hostport = record[1].sip_uri, _hostport(record[1])
+        if uri is not None and hostport is not None:
+            transport = (uri.param("transport") or "udp").upper()
+            self.vias.setdefault(side, OurVia(transport, hostport))
 
     def _target(self, msg: SipMessage, side: str) -> None:
         contacts = msg.contact.contacts

@@ -133,13 +133,19 @@ def test_removed_by_admin_tells_the_media_core_which_call_lost_media(two: Alg) -
     assert gone == GroupGone(
         "gw1", call.group_id, EventKind.REMOVED_BY_ADMIN, event.binding_id, event.rule_id
     )
-    assert two.core.bindings_gone(gone) is call
-    assert two.core.stats["agent.gone.removed_by_admin"] == 1
-
     # the same group reported by the *other* agent is not this call's
-    assert two.core.bindings_gone(dataclasses.replace(gone, agent="gw2")) is None
+    assert two.core.bindings_gone(dataclasses.replace(gone, agent="gw2"), two.now) is None
     assert two.core.stats["agent.gone.no_call"] == 1
+    assert two.core.call(call_id) is call and two.core.take_requests() == []
+
+    assert two.core.bindings_gone(gone, two.now) is call
+    assert two.core.stats["agent.gone.removed_by_admin"] == 1
     assert two.core.pool.stats["gw1.event.removed_by_admin"] == 1
+    # the answered call has no media any more: the ALG ends it (its BYEs: test_media_gone)
+    assert two.core.call(call_id) is None and two.core.stats["teardown.media_gone"] == 1
+    two.core.take_requests()
+    two.pump()
+    assert two.bindings("gw1") == []
 
 
 def test_an_address_change_is_only_noted(two: Alg) -> None:
