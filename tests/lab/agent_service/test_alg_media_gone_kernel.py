@@ -1,0 +1,135 @@
+"""An operator releases an answered call's media at the real agent (`sipwall ctl release
+group`, the admin identity): the agent tells the ALG (FCP WatchEvents REMOVED_BY_ADMIN),
+and the ALG ends the call itself — a BYE with `Reason: SIP;cause=503;text="media removed
+by operator"` (RFC 3326) to both sipp phones, which check it — the CDR says the ALG ended
+it and why, and the agent holds nothing afterwards (alg.media.core `bindings_gone`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agent_lab import PORT, AgentLab
+from anchoring_helpers import (
+    alg_config,
+    await_answer,
+    in_ns,
+    inside_phone,
+    kernel_elements,
+    outside_phone,
+    stop,
+)
+
+from labs.netns import wait_until
+
+pytestmark = [pytest.mark.kernel, pytest.mark.peers]
+
+
+def ctl(lab: AgentLab, *command: str) -> str:
+    """The real `sipwall ctl` in the gateway namespace, as the lab's admin ("ctl")."""
+    pki = lab.workdir / "pki"
+    done = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.g.gw,
+            sys.executable,
+            "-m",
+            "sipwall",
+            "ctl",
+            "--agent",
+            f"127.0.0.1:{PORT}",
+            "--ca",
+            str(pki / "ca.pem"),
+            "--cert",
+            str(pki / "ctl.pem"),
+            "--key",
+            str(pki / "ctl.key"),
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def groups(lab: AgentLab) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = json.loads(ctl(lab, "groups", "--json"))
+    return found
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_an_operator_release_ends_the_call_with_a_bye_to_both_phones(
+    agent_lab: AgentLab,
+) -> None:
+    lab = agent_lab
+    cdr_file = lab.workdir / "cdr.jsonl"
+    log = (lab.workdir / "alg.log").open("wb")
+    config = alg_config(lab, f'[files]\ncdr = "{cdr_file}"\n')
+    alg = in_ns(
+        lab,
+        lab.g.gw,
+        sys.executable,
+        "-m",
+        "sipwall",
+        "alg",
+        "--config",
+        str(config),
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    uas = uac = None
+    messages = lab.workdir / "uas-messages.log"
+    try:
+        assert alg.stdout is not None
+        assert b"ready" in alg.stdout.readline(), (lab.workdir / "alg.log").read_text()
+        uas = outside_phone(lab, "uas_sdp_ended_by_alg.xml", trace=messages)
+        uac = inside_phone(lab, "uac_sdp_ended_by_alg.xml")
+        await_answer(messages)
+        # the answered call's group, with its pinhole in (the answer enabled it)
+        wait_until(
+            lambda: [g for g in groups(lab) if g["rules"]], 20, interval=0.2, what="pinhole in"
+        )
+        (group,) = groups(lab)
+        assert group["group_id"].startswith("alg-1/"), group
+        assert kernel_elements(lab, "dnat4") >= 1
+        released = ctl(lab, "release", "group", group["group_id"])
+        assert "released group" in released, released
+        # both phones get the ALG's BYE with the Reason (their scenarios fail without it)
+        # and answer it; neither hung up itself
+        assert uas.wait(timeout=60) == 0, messages.read_text(errors="replace")[-3000:]
+        assert uac.wait(timeout=60) == 0, (lab.workdir / "alg.log").read_text()[-3000:]
+        seen = messages.read_text(errors="replace")
+        assert 'Reason: SIP;cause=503;text="media removed by operator"' in seen
+        wait_until(lambda: _records(cdr_file), 30, interval=0.1, what="the call's CDR")
+        (record,) = _records(cdr_file)
+        # the agent holds nothing: the operator removed it, and the ALG's own release
+        # found nothing more
+        wait_until(lambda: groups(lab) == [], 20, interval=0.2, what="agent empty")
+        assert json.loads(ctl(lab, "bindings", "--json")) == []
+        assert json.loads(ctl(lab, "rules", "--json")) == []
+        wait_until(lambda: kernel_elements(lab, "dnat4") == 0, 20, what="kernel empty")
+        assert kernel_elements(lab, "in4") == 0
+    finally:
+        stop(alg, uas, uac)
+        log.close()
+    assert (record["disposition"], record["ended_by"], record["confirmed"]) == (
+        "ANSWERED",
+        "alg",
+        True,
+    )
+    assert (record["status"], record["reason"]) == (503, "media removed by operator")
+    assert record["media"]["agent"] == "gw1"
