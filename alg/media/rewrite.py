@@ -16,14 +16,19 @@ Topology hiding (`hide_outbound`), for a message from the inside going outside:
 * Contact (every URI), Record-Route and Route entries and the Request-URI with an inside
   host — replaced by `sip:<token>@<our outside address>`, so in-dialog requests come to
   us and are restored to the original URI on the way in (RFC 3261 §12.1.1, §16.4).
-* From/To — an inside IP host becomes `<token>.invalid` (RFC 2606); the user part stays.
+* From/To — an inside IP host becomes `<token>.invalid` (RFC 2606), the token cut into
+  labels of at most 63 characters (RFC 1035 §2.3.4; an IPv6 host's token needs two);
+  the user part stays.
 * Call-ID with an inside address — replaced by a token (§8.1.1.4 only asks uniqueness).
 * Any other header field still naming an inside address is removed (they are optional:
   Warning, User-Agent, P-headers ...); one of the fields a dialog needs cannot be
   removed and refuses the message (`TopologyLeak`).
 
-Tokens are keyed hashes (`alg.media.masking.TokenTable`), one kind per place, so a URI
-token never restores into a host position.
+Tokens are the original texts sealed with AES-SIV (`alg.media.masking.TokenTable`): they
+restore with the key alone, after any number of other calls and across a restart. Each
+place has its kind (`uri`, `host`, `cid`), bound to the token as associated data, so a
+URI token never restores into a host position. A token that does not open (forged,
+tampered, cut, from another key) is left as it is.
 """
 
 from __future__ import annotations
@@ -33,7 +38,15 @@ from dataclasses import dataclass
 from typing import Final
 
 from alg.errors import AlgError, SdpParseError
-from alg.media.masking import TOKEN_RE, InsideNetworks, TokenTable, ViaStash
+from alg.media.masking import (
+    MAX_TOKEN_CHARS,
+    TOKEN_PATTERN,
+    TOKEN_PREFIX,
+    InsideNetworks,
+    TokenTable,
+    TokenTooLong,
+    ViaStash,
+)
 from alg.sdp import (
     AnchorPlan,
     IPAddress,
@@ -51,8 +64,20 @@ ESSENTIAL: Final = frozenset(
     {"via", "from", "to", "call-id", "cseq", "contact", "route", "record-route", "max-forwards"}
 )
 _URI_FIELDS: Final = ("contact", "record-route", "route")
-_MASKED_URI_RE: Final = re.compile(r"sips?:(sw-[a-z2-7]{16})@[^;>\s,]*(?:;lr)?")
-_MASKED_HOST_RE: Final = re.compile(r"(sw-[a-z2-7]{16})\.invalid")
+_MASKED_URI_RE: Final = re.compile(rf"sips?:({TOKEN_PATTERN})@[^;>\s,]*(?:;lr)?")
+_PREFIX_BYTES: Final = TOKEN_PREFIX.encode()
+# A Call-ID token stands alone (a Call-ID, or a Replaces/Target-Dialog value naming one),
+# never as the user part or host of a URI: those are the other kinds' places.
+_CALL_ID_RE: Final = re.compile(rf"(?<![:@.]){TOKEN_PATTERN}(?![@.])")
+_RESTORE_BUDGET: Final = 64  # tokens tried per inbound message (see `_Restorer`)
+# A DNS label has at most 63 characters (RFC 1035 §2.3.4): a host token is cut into as
+# many as it needs, the first holding the prefix; the label count bounds the match.
+_LABEL: Final = 63
+_MAX_LABELS: Final = -(-MAX_TOKEN_CHARS // _LABEL)
+_MASKED_HOST_RE: Final = re.compile(
+    rf"({TOKEN_PREFIX}[a-z2-7]{{1,{_LABEL - len(TOKEN_PREFIX)}}}"
+    rf"(?:\.[a-z2-7]{{1,{_LABEL}}}){{0,{_MAX_LABELS - 1}}})\.invalid"
+)
 
 
 class TopologyLeak(AlgError):
@@ -129,8 +154,21 @@ def set_sdp(edit: MessageEditor, sdp: bytes) -> None:
 # ---- topology hiding ------------------------------------------------------------------
 
 
+def _token(tokens: TokenTable, text: str, now: float, kind: str) -> str:
+    try:
+        return tokens.token(text, now, kind)
+    except TokenTooLong as exc:
+        raise TopologyLeak(f"cannot mask a {kind} of {len(text)} characters: {exc}") from exc
+
+
+def _host_name(token: str) -> str:
+    """`token` as a name under `.invalid` (RFC 2606 §2), in labels of <= 63 characters."""
+    labels = [token[i : i + _LABEL] for i in range(0, len(token), _LABEL)]
+    return ".".join((*labels, "invalid"))
+
+
 def _masked_uri(tokens: TokenTable, uri_text: str, hiding: Hiding, now: float, lr: bool) -> str:
-    token = tokens.token("uri\x00" + uri_text, now)
+    token = _token(tokens, uri_text, now, "uri")
     return f"sip:{token}@{hiding.hostport}" + (";lr" if lr else "")
 
 
@@ -163,8 +201,8 @@ def _mask_host(value: str, tokens: TokenTable, hiding: Hiding, now: float, heade
     uri = address.uri
     if not isinstance(uri, SipUri) or not hiding.inside.contains(uri.host):
         return value
-    token = tokens.token("host\x00" + uri.host_port, now)
-    masked = uri.with_changes(host=f"{token}.invalid", port=None)
+    host = _host_name(_token(tokens, uri.host_port, now, "host"))
+    masked = uri.with_changes(host=host, port=None)
     return value.replace(str(uri), str(masked), 1)
 
 
@@ -201,7 +239,7 @@ def hide_outbound(
     for field in msg.fields_named("call-id"):
         call_id = msg.field_value(field).decode("utf-8", "surrogateescape")
         if inside.find_in(call_id.encode("utf-8", "surrogateescape")):
-            edit.replace_value(field, tokens.token("cid\x00" + call_id, now).encode())
+            edit.replace_value(field, _token(tokens, call_id, now, "cid").encode())
     for field in msg.fields:
         if field.name in ESSENTIAL or field.name.startswith("content-"):
             continue
@@ -234,31 +272,50 @@ def check_no_leak(data: bytes, inside: InsideNetworks) -> None:
 # ---- the way back in ------------------------------------------------------------------
 
 
-def _restore_text(text: str, tokens: TokenTable, now: float) -> str:
-    if "sw-" not in text:
+class _Restorer:
+    """Undoes our tokens in the texts of one message. Each token tried costs a base32
+    decoding and an AES-SIV decryption (about 3 us), so a message gets at most
+    `_RESTORE_BUDGET` tries: a real one carries a handful of tokens (Request-URI, Route
+    set, To/From host, Call-ID), while a hostile one packed with `sw-` candidates would
+    otherwise cost milliseconds. Candidates past the budget stay as they are."""
+
+    def __init__(self, tokens: TokenTable, now: float) -> None:
+        self.tokens = tokens
+        self.now = now
+        self.left = _RESTORE_BUDGET
+        self._passes = (
+            (_MASKED_URI_RE, self._uri),
+            (_MASKED_HOST_RE, self._host),
+            (_CALL_ID_RE, self._call_id),
+        )
+
+    def _restore(self, token: str, kind: str) -> str | None:
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        return self.tokens.restore(token, self.now, kind)
+
+    def _uri(self, match: re.Match[str]) -> str:
+        original = self._restore(match.group(1), "uri")
+        return match.group(0) if original is None else original
+
+    def _host(self, match: re.Match[str]) -> str:
+        token = match.group(1).replace(".", "")
+        if _host_name(token) != match.group(0):
+            return match.group(0)  # not cut the way we cut: not ours
+        original = self._restore(token, "host")
+        return match.group(0) if original is None else original
+
+    def _call_id(self, match: re.Match[str]) -> str:
+        original = self._restore(match.group(0), "cid")
+        return match.group(0) if original is None else original
+
+    def text(self, text: str) -> str:
+        for pattern, swap in self._passes:
+            if self.left <= 0 or TOKEN_PREFIX not in text:
+                break
+            text = pattern.sub(swap, text)
         return text
-
-    def uri(match: re.Match[str]) -> str:
-        original = tokens.restore(match.group(1), now)
-        if original is None or not original.startswith("uri\x00"):
-            return match.group(0)
-        return original[4:]
-
-    def host(match: re.Match[str]) -> str:
-        original = tokens.restore(match.group(1), now)
-        if original is None or not original.startswith("host\x00"):
-            return match.group(0)
-        return original[5:]
-
-    def call_id(match: re.Match[str]) -> str:
-        original = tokens.restore(match.group(0), now)
-        if original is None or not original.startswith("cid\x00"):
-            return match.group(0)
-        return original[4:]
-
-    text = _MASKED_URI_RE.sub(uri, text)
-    text = _MASKED_HOST_RE.sub(host, text)
-    return TOKEN_RE.sub(call_id, text)
 
 
 def restore_inbound(data: bytes, tokens: TokenTable, stash: ViaStash, now: float) -> bytes:
@@ -270,11 +327,12 @@ def restore_inbound(data: bytes, tokens: TokenTable, stash: ViaStash, now: float
 
     msg = parse_message(data)
     edit = MessageEditor(msg)
+    restorer = _Restorer(tokens, now)
     changed = False
     line = msg.start_line
     uri_text = getattr(line, "uri_text", None)
-    if uri_text is not None and "sw-" in uri_text:
-        restored = _restore_text(uri_text, tokens, now)
+    if uri_text is not None and TOKEN_PREFIX in uri_text:
+        restored = restorer.text(uri_text)
         if restored != uri_text:
             edit.set_request_uri(restored)
             changed = True
@@ -282,10 +340,10 @@ def restore_inbound(data: bytes, tokens: TokenTable, stash: ViaStash, now: float
         if field.name == "via":
             continue
         raw = msg.field_value(field)
-        if b"sw-" not in raw:
+        if _PREFIX_BYTES not in raw:
             continue
         text = raw.decode("utf-8", "surrogateescape")
-        restored = _restore_text(text, tokens, now)
+        restored = restorer.text(text)
         if restored != text:
             edit.replace_value(field, restored.encode("utf-8", "surrogateescape"))
             changed = True
