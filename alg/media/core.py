@@ -138,6 +138,7 @@ class MediaCore(Placement):
                     self.stats["reject.forged"] += 1
                     if _is_initial_invite(msg) and not call.bindings:
                         self._calls.pop(call.call_id, None)
+                        self._expiries.discard(call.call_id)
                         self._ends.pop(call.call_id, None)
                     return self._refuse(call, msg, from_side, 488, forged.reason, now)
             needs = self._track(call, msg, sdp, from_side, to_side, now)
@@ -180,7 +181,10 @@ class MediaCore(Placement):
         return self.take_resolutions()
 
     def get_timer(self) -> float | None:
-        times = [call.expires_at for call in self._calls.values()]
+        # Asked after every message: the calls' expiries come from a heap (O(1)); the
+        # operations in flight are few (an RPC each, for its deadline).
+        expiry = self._expiries.next()
+        times = [] if expiry is None else [expiry]
         times.extend(
             op.retry_at if op.retry_at is not None else op.action.deadline
             for op in self._ops.values()
@@ -204,11 +208,13 @@ class MediaCore(Placement):
                 self.stats["agent.timeout"] += 1
                 error = FcpError(Reason.NETWORK_FAILURE, "deadline exceeded")
                 self._op_failed(op, error, now)
-        for call in list(self._calls.values()):
-            if call.expires_at <= now:
-                self.stats["expired"] += 1
-                call.move(CallEvent.EXPIRED)
-                self._end(call, now)
+        for call_id in self._expiries.due(now):
+            call = self._calls.get(call_id)
+            if call is None:
+                continue
+            self.stats["expired"] += 1
+            call.move(CallEvent.EXPIRED)
+            self._end(call, now)
         return self.take_resolutions()
 
     def take_actions(self) -> list[AgentAction]:

@@ -30,6 +30,7 @@ from alg.media.actions import (
 )
 from alg.media.agents import AgentPool
 from alg.media.antiforgery import Registrations, TrustedPeer
+from alg.media.deadlines import Deadlines
 from alg.media.masking import TokenTable, ViaStash
 from alg.media.rewrite import (
     Hiding,
@@ -93,6 +94,7 @@ class Ledger:
         self.vias = ViaStash()
         self.stats: Counter[str] = Counter()
         self._calls: dict[str, Call] = {}
+        self._expiries: Deadlines[str] = Deadlines()  # call id -> its expires_at
         self._ends: dict[str, DialogEnds] = {}  # call id -> what teardown needs
         self._ended: dict[str, float] = {}  # call id -> until when (calls we ended)
         self._ops: dict[int, Op] = {}
@@ -113,6 +115,7 @@ class Ledger:
         and the shell took what the outboxes hold."""
         return {
             "calls": len(self._calls),
+            "expiries": len(self._expiries),
             "ends": len(self._ends),
             "ended": len(self._ended),
             "ops": len(self._ops),
@@ -156,11 +159,18 @@ class Ledger:
         self._actions.append(op.action)
         self.stats["agent.retry"] += 1
 
+    def _expire_at(self, call: Call, when: float) -> None:
+        """The only way a call's `expires_at` changes: `handle_timer` finds it by
+        `_expiries` (alg.media.deadlines), never by scanning every call."""
+        call.expires_at = when
+        self._expiries.set(call.call_id, when)
+
     def _end(self, call: Call, now: float) -> None:
         """The call is over: whatever of it is still parked is refused, and its group is
         released (its counters come back in the `ReleaseReport`, for the CDR)."""
         if self._calls.pop(call.call_id, None) is None:
             return
+        self._expiries.discard(call.call_id)
         call.phase = Phase.ENDED
         self._refuse_parked(call, 503, "call ended", now)
         self._ends.pop(call.call_id, None)

@@ -56,6 +56,7 @@ class Placement(Anchoring):
         )
         call.tried_agents.add(agent)
         self._calls[call_id] = call
+        self._expiries.set(call_id, call.expires_at)
         self.stats["calls"] += 1
         return call
 
@@ -66,7 +67,7 @@ class Placement(Anchoring):
         (64*T1, §17.1.1.2), then expire; the challenger's early dialog is gone."""
         for tag in [t for t in call.legs if t is not None]:
             self._drop_leg(call, tag, now)
-        call.expires_at = min(call.expires_at, now + CHALLENGE_GRACE)
+        self._expire_at(call, min(call.expires_at, now + CHALLENGE_GRACE))
         call.challenged = True
         self.stats["challenged"] += 1
 
@@ -82,7 +83,7 @@ class Placement(Anchoring):
             return
         call.invite_cseq = msg.cseq.number
         call.challenged = False
-        call.expires_at = now + self.config.timers.setup
+        self._expire_at(call, now + self.config.timers.setup)
         leg = call.leg(None)
         leg.oa, leg.offer = OfferState.STABLE, None
         self.stats["retried"] += 1
@@ -233,7 +234,7 @@ class Placement(Anchoring):
             interval = None
         call.interval = interval
         lifetime = (interval if interval is not None else timers.untimed) + timers.slack
-        call.expires_at = now + (interval if interval is not None else timers.untimed)
+        self._expire_at(call, now + (interval if interval is not None else timers.untimed))
         if call.phase is not Phase.EARLY:
             self._event(call, CallEvent.REFRESHED, now)
         request = GroupLifetimeChange(call.group_id, lifetime, self._key(call))

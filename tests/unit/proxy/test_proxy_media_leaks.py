@@ -296,9 +296,14 @@ def test_overlapping_calls_leave_nothing_behind_either(rig: Rig) -> None:
     for n in range(total):
         steps = scenarios[n % len(scenarios)](n + 1, n * 0.3)
         heapq.heappush(pending, (next(steps), n, steps))
+    media = rig.core.media
+    assert media is not None
     while pending:
         when, n, steps = heapq.heappop(pending)
         rig.advance(when)
+        # the heap of call expiries (alg.media.deadlines) agrees with a scan of the calls
+        scanned = min((call.expires_at for call in media._calls.values()), default=None)
+        assert media._expiries.next() == scanned
         try:
             heapq.heappush(pending, (steps.send(None), n, steps))
         except StopIteration:
