@@ -15,13 +15,22 @@ call 1 s long as in the lab, and the core's timers fired when due (the transacti
 Timer L/M/J/K run out 5-32 s later, so the transaction tables reach their steady size).
 The peers' answers are built from what the proxy sent, the way sipp builds them
 ([last_Via:], [last_Record-Route:], the Route set from the 200's Record-Route); their
-cost is not counted: only the time spent inside the measured calls is (process CPU time).
+cost is not counted: only the time spent inside the measured calls is (process CPU
+time), with the core's `get_timer()` after each, which the shell calls to re-arm its
+loop timer. `--call-seconds` sets how many calls are up at once (rate x duration).
+
+`--mode anchored` is the stateful mode with media anchoring (`[media]`, issue #5): every
+call reserves a binding when its offer crosses, enables the pinholes when the answer
+does and releases them at BYE, against the in-memory FCP backend answering at once, so
+only the ALG's share is timed (the agent's is `bench/fcp_latency.py`'s; the gRPC client's
+is in neither). Each call offers a media port of its own, as uac_sdp_ports.xml does.
 
 `--shell` measures through the asyncio shell as well (`AlgShell.deliver`: the Endpoint,
 the core, the dispatch to the side's socket and the timer re-arming), with transports that
 only count the datagrams: everything `sipwall alg` runs per datagram except the syscalls.
 
     .venv/bin/python bench/proxy_core_cpu.py                 # stateful and stateless
+    .venv/bin/python bench/proxy_core_cpu.py --mode anchored --profile 25
     .venv/bin/python bench/proxy_core_cpu.py --mode stateful --profile 25
     LAST line: proxy_core_us_per_call: <stateful core us/call> us
 """
@@ -41,12 +50,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import ipaddress
+from collections.abc import Coroutine
+
 from alg.aio import AlgShell
 from alg.assemble import assemble
 from alg.config import load_config
 from alg.main import settle_collector
+from alg.media.actions import AgentResult
+from alg.media.perform import OwnedBackend, perform
 from alg.proxy import ProxyCore
 from alg.proxy_model import Endpoint, Send
+from fcp.memory_backend import MemoryBackend, MemoryBackendConfig
+from fcp.types import IpVersion, Pool
 from labs.proxy_lab import sipwall_config
 
 UAC = Endpoint("inside", "UDP", "10.77.0.10", 5060)
@@ -56,7 +72,7 @@ CALL_SECONDS = 1.0  # the scenario's <pause/> (-d 1000)
 
 _UAC_SDP = (
     b"v=0\r\no=user1 53655765 2353687637 IN IP4 10.77.0.10\r\ns=-\r\n"
-    b"c=IN IP4 10.77.0.10\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\n"
+    b"c=IN IP4 10.77.0.10\r\nt=0 0\r\nm=audio %d RTP/AVP 0 8 101\r\n"
     b"a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
     b"a=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n"
 )
@@ -111,7 +127,8 @@ class Call:
             b"Subject: kbase",
             b"Content-Type: application/sdp",
         ]
-        return _message(b"INVITE sip:service@203.0.113.20:5060 SIP/2.0", lines, _UAC_SDP)
+        sdp = _UAC_SDP % (6000 + 2 * (self.number % 20000))  # a media port per call
+        return _message(b"INVITE sip:service@203.0.113.20:5060 SIP/2.0", lines, sdp)
 
     def uas_responses(self, invite: bytes) -> list[bytes]:
         """100, 180, 200 (SDP) to the INVITE the UAS received."""
@@ -189,14 +206,27 @@ class Driver:
 
     def __init__(self, mode: str, workdir: Path, *, shell: bool) -> None:
         path = workdir / f"alg-{mode}.toml"
-        path.write_text(sipwall_config(mode))
+        anchored = mode == "anchored"
+        path.write_text(
+            sipwall_config("stateful") + ANCHORED_CONFIG if anchored else sipwall_config(mode)
+        )
         self.config = load_config(str(path))
+        self.agent: OwnedBackend | None = None
+        if anchored:
+            public = (ipaddress.IPv4Address("203.0.113.1"),)
+            pool = Pool("v4", IpVersion.V4, public, 20000, 59999)
+            limits = MemoryBackendConfig(
+                (pool,), port_reuse_delay=1.0, max_bindings_per_owner=1_000_000
+            )
+            backend = MemoryBackend(limits)
+            self.agent = OwnedBackend(backend, "alg-1")
         self.services = assemble(self.config)
         self.core: ProxyCore = self.services.core
         self.now = 0.0
         self.cpu_ns = 0
         self.messages = 0
         self.shell: AlgShell | None = None
+        self.profiler: cProfile.Profile | None = None  # on only while the ALG is timed
         self._sent: list[Send] = []
         if shell:
             loop = asyncio.get_running_loop()
@@ -209,45 +239,98 @@ class Driver:
 
     def feed(self, data: bytes, source: Endpoint) -> list[Send]:
         self.messages += 1
-        clock = time.process_time_ns
         if self.shell is None:
-            start = clock()
+            start = self._start()
             out = self.core.receive(data, source, self.now)
-            self.cpu_ns += clock() - start
-            return out
+            self.core.get_timer()  # the shell re-arms its timer after every datagram
+            self._stop(start)
+            return out + self._anchor()
         self._sent.clear()
-        start = clock()
+        start = self._start()
         self.shell.deliver(data, source)
-        self.cpu_ns += clock() - start
+        self._stop(start)
         return list(self._sent)
+
+    def _start(self) -> int:
+        if self.profiler is not None:
+            self.profiler.enable()
+        return time.process_time_ns()
+
+    def _stop(self, start: int) -> None:
+        self.cpu_ns += time.process_time_ns() - start
+        if self.profiler is not None:
+            self.profiler.disable()
+
+    def _anchor(self) -> list[Send]:
+        """Answer the media core's agent actions (untimed) and time what it does with the
+        answers: the parked INVITE, rendered with the public binding, is sent then."""
+        media = self.core.media
+        out: list[Send] = []
+        if self.agent is None or media is None:
+            return out
+        while actions := media.take_actions():
+            for action in actions:
+                result = _at_once(perform(action, self.agent))
+                start = self._start()
+                out += self.core.media_result(result, self.now)
+                self.core.get_timer()  # as the shell does after each answer
+                self._stop(start)
+        return out
 
     def advance(self, now: float) -> None:
         self.now = now
-        clock = time.process_time_ns
         while (deadline := self.core.get_timer()) is not None and deadline <= now:
-            start = clock()
+            start = self._start()
             if self.shell is None:
                 self.core.handle_timer(deadline)
             else:
                 self.shell._on_timer()  # what the loop's timer calls
-            self.cpu_ns += clock() - start
+            self._stop(start)
+            self._anchor()
+
+
+ANCHORED_CONFIG = """
+[media]
+enabled = true
+[[media.agents]]
+name = "gw1"
+address = "127.0.0.1:7700"
+"""
+
+
+def _at_once(call: Coroutine[Any, Any, AgentResult]) -> AgentResult:
+    """Run a coroutine that never suspends (the in-memory backend answers at once)."""
+    try:
+        call.send(None)
+    except StopIteration as done:
+        result: AgentResult = done.value
+        return result
+    call.close()
+    raise RuntimeError("the in-memory backend suspended")
 
 
 def _to(out: list[Send], endpoint: Endpoint) -> list[bytes]:
     return [send.data for send in out if send.to.host == endpoint.host]
 
 
-def run(mode: str, calls: int, rate: float, *, shell: bool, profile: int = 0) -> float:
+def run(
+    mode: str,
+    calls: int,
+    rate: float,
+    *,
+    shell: bool,
+    profile: int = 0,
+    call_seconds: float = CALL_SECONDS,
+) -> float:
     """CPU microseconds per call over `calls` calls; checks every call completed."""
     with tempfile.TemporaryDirectory(prefix="proxy-core-cpu-") as tmp:
         driver = Driver(mode, Path(tmp), shell=shell)
         settle_collector()  # as `sipwall alg` does once it is set up
         profiler = cProfile.Profile() if profile else None
+        driver.profiler = profiler
         # Calls in flight: (time of the next step, step, call, state)
         pending: list[tuple[float, int, Call, bytes]] = []
         completed = 0
-        if profiler is not None:
-            profiler.enable()
         for number in range(1, calls + 1):
             start = number / rate
             driver.advance(start)
@@ -262,7 +345,7 @@ def run(mode: str, calls: int, rate: float, *, shell: bool, profile: int = 0) ->
             out = driver.feed(call.in_dialog(ok, b"ACK", 1, 1), UAC)
             if len(_to(out, UAS)) != 1:
                 raise SystemExit(f"{mode}: the ACK of call {number} was not forwarded")
-            pending.append((start + CALL_SECONDS, number, call, ok))
+            pending.append((start + call_seconds, number, call, ok))
             while pending and pending[0][0] <= start:
                 _, _, done, done_ok = pending.pop(0)
                 out = driver.feed(done.in_dialog(done_ok, b"BYE", 2, 2), UAC)
@@ -277,7 +360,6 @@ def run(mode: str, calls: int, rate: float, *, shell: bool, profile: int = 0) ->
                 completed += 1
         driver.advance(driver.now + 64.0)  # every transaction ends, its timers fire
         if profiler is not None:
-            profiler.disable()
             stats = pstats.Stats(profiler, stream=sys.stderr)
             stats.sort_stats("tottime").print_stats(profile)
         if completed != calls:
@@ -291,24 +373,39 @@ def run(mode: str, calls: int, rate: float, *, shell: bool, profile: int = 0) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", choices=("stateful", "stateless", "both"), default="both")
+    parser.add_argument(
+        "--mode", choices=("stateful", "stateless", "anchored", "both"), default="both"
+    )
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--rate", type=float, default=1000.0, help="virtual calls/sec")
     parser.add_argument("--rounds", type=int, default=3, help="the best round is reported")
     parser.add_argument("--profile", type=int, default=0, help="print the top N by tottime")
+    parser.add_argument(
+        "--call-seconds",
+        type=float,
+        default=CALL_SECONDS,
+        help="call duration (virtual): rate x this many calls are up at once",
+    )
     args = parser.parse_args()
     modes = ("stateful", "stateless") if args.mode == "both" else (args.mode,)
 
     async def measure(mode: str, shell: bool) -> float:  # the shell needs a running loop
         rounds = 1 if args.profile else args.rounds
         return min(
-            run(mode, args.calls, args.rate, shell=shell, profile=args.profile)
+            run(
+                mode,
+                args.calls,
+                args.rate,
+                shell=shell,
+                profile=args.profile,
+                call_seconds=args.call_seconds,
+            )
             for _ in range(rounds)
         )
 
     results: dict[tuple[str, bool], float] = {}
     for mode in modes:
-        for shell in (False, True):
+        for shell in (False,) if mode == "anchored" else (False, True):
             results[mode, shell] = asyncio.run(measure(mode, shell))
             where = "core + asyncio shell" if shell else "core"
             print(f"{mode:9s} {where:20s} {results[mode, shell]:7.1f} us/call", flush=True)
