@@ -311,6 +311,17 @@ class RunningLab:
         """Drop a process that has been stopped from the state file."""
         self._update(processes=tuple(p for p in self.state().processes if p.pid != proc.pid))
 
+    def stop(self, proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+        """SIGTERM a process `spawn` started, SIGKILL it after `grace` seconds, forget it."""
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self.forget(proc)
+
     def close(self) -> None:
         if self.closed:
             return

@@ -233,16 +233,9 @@ class Demo:
     def restart_alg(self) -> None:
         """Stop the ALG (SIGTERM) and start it again with the same configuration; the
         agent keeps running."""
-        lab = self._lab()
         alg = self._alg
         if alg is not None:
-            alg.terminate()
-            try:
-                alg.wait(10)
-            except subprocess.TimeoutExpired:
-                alg.kill()
-                alg.wait()
-            lab.forget(alg)
+            self._lab().stop(alg)
             self._daemons.remove(alg)
         self._start_alg()
 
@@ -268,14 +261,7 @@ class Demo:
     def stop_daemons(self) -> None:
         lab = self._lab()
         for proc in reversed(self._daemons):  # the ALG first: it releases what it holds
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            lab.forget(proc)
+            lab.stop(proc)
         self._daemons.clear()
 
     def ctl(self, what: str) -> list[dict[str, Any]]:

@@ -20,8 +20,10 @@ What `ProviderLab` sets up on a built lab:
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,15 +124,9 @@ class ProviderLab:
         self.phones.clear()
         if self._demo is not None:
             self._demo.stop_daemons()
-        proc = self._kamailio
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            self.lab.forget(proc)
+        if self._kamailio is not None:
+            self.lab.stop(self._kamailio)
+            self._kamailio = None
 
     # -- what the provider and the agent hold -----------------------------------------------
 
@@ -185,6 +181,26 @@ class ProviderLab:
         phone = Phone(self.lab, user, config, self.work / user).start()
         self.phones[user] = phone
         return phone
+
+
+@contextlib.contextmanager
+def running_provider(lab: build.RunningLab, keep_logs: Callable[[], Path]) -> Iterator[ProviderLab]:
+    """The provider scenario started on `lab` with carol and alice registered; stopped
+    on the way out, whatever happened, after which the lab's logs are copied to the
+    directory `keep_logs()` gives (the lab directory goes away with the lab)."""
+    pl = ProviderLab(lab, lab.dir / "provider")
+    try:
+        pl.start()
+        for user in ("carol", "alice"):
+            wait_registered(pl.phone(user))
+        yield pl
+    finally:
+        try:
+            pl.stop()
+        finally:
+            logs = lab.dir / "logs"
+            if logs.is_dir():
+                shutil.copytree(logs, keep_logs(), dirs_exist_ok=True)
 
 
 def wait_registered(phone: Phone, timeout: float = 20) -> None:

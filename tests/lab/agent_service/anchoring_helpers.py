@@ -118,7 +118,9 @@ def await_answer(messages: Path) -> int:
     return port
 
 
-def start_alg(lab: AgentLab) -> tuple[subprocess.Popen[bytes], Any]:
+def start_alg(lab: AgentLab, media_extra: str = "") -> tuple[subprocess.Popen[bytes], Any]:
+    """`sipwall alg` in the gateway, waited for until ready; `media_extra`: more
+    configuration after `[media] enabled` (see `alg_config`)."""
     log = (lab.workdir / "alg.log").open("wb")
     alg = in_ns(
         lab,
@@ -128,7 +130,7 @@ def start_alg(lab: AgentLab) -> tuple[subprocess.Popen[bytes], Any]:
         "sipwall",
         "alg",
         "--config",
-        str(alg_config(lab)),
+        str(alg_config(lab, media_extra)),
         stdout=subprocess.PIPE,
         stderr=log,
     )

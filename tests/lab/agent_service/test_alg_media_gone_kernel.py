@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 from agent_lab import PORT, AgentLab
 from anchoring_helpers import (
-    alg_config,
     await_answer,
-    in_ns,
     inside_phone,
     kernel_elements,
     outside_phone,
+    start_alg,
     stop,
 )
 
@@ -77,25 +76,10 @@ def test_an_operator_release_ends_the_call_with_a_bye_to_both_phones(
 ) -> None:
     lab = agent_lab
     cdr_file = lab.workdir / "cdr.jsonl"
-    log = (lab.workdir / "alg.log").open("wb")
-    config = alg_config(lab, f'[files]\ncdr = "{cdr_file}"\n')
-    alg = in_ns(
-        lab,
-        lab.g.gw,
-        sys.executable,
-        "-m",
-        "sipwall",
-        "alg",
-        "--config",
-        str(config),
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
+    alg, log = start_alg(lab, f'[files]\ncdr = "{cdr_file}"\n')
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
     try:
-        assert alg.stdout is not None
-        assert b"ready" in alg.stdout.readline(), (lab.workdir / "alg.log").read_text()
         uas = outside_phone(lab, "uas_sdp_ended_by_alg.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_ended_by_alg.xml")
         await_answer(messages)

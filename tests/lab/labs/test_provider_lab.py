@@ -10,7 +10,6 @@ other's tone, and the agent holds nothing once the call is over.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -22,9 +21,9 @@ from labs.provider_lab import (
     DOMAIN,
     TONES,
     ProviderLab,
+    running_provider,
     wait_agent_empty,
     wait_for,
-    wait_registered,
 )
 from labs.pytest_plugin import lab_fixture
 from labs.tone import analyse
@@ -40,19 +39,8 @@ TONE_TOLERANCE_HZ = 5.0
 def provider(
     lab: build.RunningLab, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProviderLab]:
-    pl = ProviderLab(lab, lab.dir / "provider")
-    try:
-        pl.start()
-        for user in ("carol", "alice"):
-            wait_registered(pl.phone(user))
+    with running_provider(lab, lambda: tmp_path_factory.mktemp("provider-logs")) as pl:
         yield pl
-    finally:
-        try:
-            pl.stop()
-        finally:  # keep the logs for whoever reads a failure; the lab dir goes away
-            logs = lab.dir / "logs"
-            if logs.is_dir():
-                shutil.copytree(logs, tmp_path_factory.mktemp("provider-logs"), dirs_exist_ok=True)
 
 
 def test_registration_through_sipwall_is_challenged_and_stores_our_outside_address(

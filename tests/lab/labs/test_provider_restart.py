@@ -16,14 +16,18 @@ never restored (the call is closed), and alice never gets carol's BYE.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
 from labs import build
 from labs.demo import GW_OUTSIDE
-from labs.provider_lab import DOMAIN, ProviderLab, wait_agent_empty, wait_registered
+from labs.provider_lab import (
+    DOMAIN,
+    ProviderLab,
+    running_provider,
+    wait_agent_empty,
+)
 from labs.pytest_plugin import lab_fixture
 
 pytestmark = [pytest.mark.netns, pytest.mark.peers]
@@ -35,19 +39,8 @@ lab = lab_fixture("provider")
 def provider(
     lab: build.RunningLab, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProviderLab]:
-    pl = ProviderLab(lab, lab.dir / "provider")
-    try:
-        pl.start()
-        for user in ("carol", "alice"):
-            wait_registered(pl.phone(user))
+    with running_provider(lab, lambda: tmp_path_factory.mktemp("restart-logs")) as pl:
         yield pl
-    finally:
-        try:
-            pl.stop()
-        finally:  # keep the logs for whoever reads a failure; the lab dir goes away
-            logs = lab.dir / "logs"
-            if logs.is_dir():
-                shutil.copytree(logs, tmp_path_factory.mktemp("restart-logs"), dirs_exist_ok=True)
 
 
 def _alice_contact(provider: ProviderLab) -> str:
