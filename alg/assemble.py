@@ -165,7 +165,15 @@ def media_core(config: AlgConfig, location: LocationStore | None = None) -> Medi
     pool = AgentPool(tuple(AgentConfig(a.name, a.weight) for a in settings.agents))
     timers = MediaTimers(interval=settings.session_interval, slack=settings.session_slack)
     return MediaCore(
-        MediaConfig(hiding, secret, timers=timers, trusted=trusted, registrations=location), pool
+        MediaConfig(
+            hiding,
+            secret,
+            timers=timers,
+            trusted=trusted,
+            max_idle=settings.media_timeout,
+            registrations=location,
+        ),
+        pool,
     )
 
 

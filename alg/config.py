@@ -99,6 +99,10 @@ class MediaSettings:
     # added on top for the group lifetime (how long pinholes outlive a silent ALG)
     session_interval: int = 1800
     session_slack: int = 32
+    # RTP timeout: a pinhole that saw no packet (RTP nor RTCP) for this many seconds is
+    # removed by the agent (FCP max-idle), and the ALG ends its call with a BYE both ways
+    # (alg.media.teardown). None: off.
+    media_timeout: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,12 +266,14 @@ def _media(data: Mapping[str, Any]) -> MediaSettings:
             "trusted",
             "session_interval",
             "session_slack",
+            "media_timeout",
         },
     )
     interval = _int_option(media, "media", "session_interval", 1800)
     slack = _int_option(media, "media", "session_slack", 32)
     if interval < 90:
         raise ConfigError("[media].session_interval must be >= 90 (RFC 4028 Min-SE)")
+    timeout = _int_option(media, "media", "media_timeout", 0)  # 0: off
     agents = []
     for index, raw in enumerate(media.get("agents", [])):
         where = f"[media].agents[{index}]"
@@ -312,6 +318,7 @@ def _media(data: Mapping[str, Any]) -> MediaSettings:
         tuple(trusted),
         interval,
         slack,
+        timeout or None,
     )
 
 

@@ -279,8 +279,9 @@ class MediaCore(Placement):
         * Before the 2xx nothing is ended (counted `agent.gone.kept`): an early dialog
           is the caller's to CANCEL (RFC 3261 §9.1), and ending it for them needs the
           proxy's INVITE server transaction (a final to the caller, CANCEL downstream,
-          §16.10), which this core does not hold. Such a call goes on without that
-          media until its signalling or its timers end it."""
+          §16.10), which this core does not hold. A pinhole of it that went idle (no
+          early media while it rang) is opened again (`_reopen`); anything else goes on
+          without that media until its signalling or its timers end the call."""
         call = next(
             (
                 c
@@ -302,6 +303,8 @@ class MediaCore(Placement):
         confirmed = [tag for tag in tags if call.legs[tag].confirmed]
         if cause is None or call.phase is not Phase.CONFIRMED or not confirmed:
             self.stats["agent.gone.kept"] += 1
+            if gone.rule_id is not None and call.phase is Phase.EARLY:
+                self._reopen(call, gone.rule_id, now)
             return call
         self.stats["teardown.media_gone"] += 1
         self._tear_down(call, confirmed, *cause, now)
@@ -363,6 +366,17 @@ class MediaCore(Placement):
             return
         self.stats["teardown.no_pinhole"] += 1
         self._tear_down(call, [tag], 503, "media anchoring failed", now)
+
+    def _reopen(self, call: Call, rule_id: str, now: float) -> None:
+        """An early dialog's pinhole is gone (idle while it rang with no early media,
+        `[media] media_timeout`): forget it and open it again at once, so that early
+        media starting later, and the answer, still get through; the agent removed it, so
+        nothing is left to release."""
+        for leg in call.legs.values():
+            for key in [k for k, slot in leg.rules.items() if slot.rule_id == rule_id]:
+                del leg.rules[key]
+        self.stats["agent.gone.reopened"] += 1
+        self._reconcile(call, now)
 
     def _tear_down(
         self, call: Call, tags: list[str | None], status: int, text: str, now: float

@@ -1,14 +1,17 @@
-"""An operator releases an answered call's media at the real agent (`sipwall ctl release
-group`, the admin identity): the agent tells the ALG (FCP WatchEvents REMOVED_BY_ADMIN),
-and the ALG ends the call itself — a BYE with `Reason: SIP;cause=503;text="media removed
-by operator"` (RFC 3326) to both sipp phones, which check it — the CDR says the ALG ended
-it and why, and the agent holds nothing afterwards (alg.media.core `bindings_gone`)."""
+"""An answered call's media goes away at the real agent — an operator releases it
+(`sipwall ctl release group`, the admin identity), or it sees no packet for
+`[media] media_timeout` — and the agent tells the ALG (FCP WatchEvents REMOVED_BY_ADMIN,
+IDLE): the ALG ends the call itself — a BYE with an RFC 3326 Reason to both sipp phones,
+which check it — the CDR says the ALG ended it and why, and the agent holds nothing
+afterwards (alg.media.core `bindings_gone`)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +74,16 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_an_operator_release_ends_the_call_with_a_bye_to_both_phones(
-    agent_lab: AgentLab,
-) -> None:
-    lab = agent_lab
+def _call_ended_by_alg(
+    lab: AgentLab, media_extra: str, end: Callable[[], None] | None
+) -> tuple[str, dict[str, Any]]:
+    """One answered sipp call through the ALG (`media_extra` after `[media] enabled`);
+    `end` (if any) takes its media away once the pinhole is in. Both phones must get
+    the ALG's BYE with a Reason (their scenarios fail without it) and answer it —
+    neither hangs up itself — and the agent must hold nothing afterwards. The Reason
+    the callee saw, and the call's CDR."""
     cdr_file = lab.workdir / "cdr.jsonl"
-    alg, log = start_alg(lab, f'[files]\ncdr = "{cdr_file}"\n')
+    alg, log = start_alg(lab, f'{media_extra}[files]\ncdr = "{cdr_file}"\n')
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
     try:
@@ -87,21 +94,15 @@ def test_an_operator_release_ends_the_call_with_a_bye_to_both_phones(
         wait_until(
             lambda: [g for g in groups(lab) if g["rules"]], 20, interval=0.2, what="pinhole in"
         )
-        (group,) = groups(lab)
-        assert group["group_id"].startswith("alg-1/"), group
         assert kernel_elements(lab, "dnat4") >= 1
-        released = ctl(lab, "release", "group", group["group_id"])
-        assert "released group" in released, released
-        # both phones get the ALG's BYE with the Reason (their scenarios fail without it)
-        # and answer it; neither hung up itself
+        if end is not None:
+            end()
         assert uas.wait(timeout=60) == 0, messages.read_text(errors="replace")[-3000:]
         assert uac.wait(timeout=60) == 0, (lab.workdir / "alg.log").read_text()[-3000:]
-        seen = messages.read_text(errors="replace")
-        assert 'Reason: SIP;cause=503;text="media removed by operator"' in seen
+        reasons = re.findall(r"^\s*Reason: (.*)$", messages.read_text(errors="replace"), re.M)
         wait_until(lambda: _records(cdr_file), 30, interval=0.1, what="the call's CDR")
         (record,) = _records(cdr_file)
-        # the agent holds nothing: the operator removed it, and the ALG's own release
-        # found nothing more
+        # the agent holds nothing: what it removed itself, and the ALG's own release
         wait_until(lambda: groups(lab) == [], 20, interval=0.2, what="agent empty")
         assert json.loads(ctl(lab, "bindings", "--json")) == []
         assert json.loads(ctl(lab, "rules", "--json")) == []
@@ -115,5 +116,31 @@ def test_an_operator_release_ends_the_call_with_a_bye_to_both_phones(
         "alg",
         True,
     )
-    assert (record["status"], record["reason"]) == (503, "media removed by operator")
     assert record["media"]["agent"] == "gw1"
+    (reason,) = reasons
+    return reason, record
+
+
+def test_an_operator_release_ends_the_call_with_a_bye_to_both_phones(
+    agent_lab: AgentLab,
+) -> None:
+    def release() -> None:
+        (group,) = groups(agent_lab)
+        assert group["group_id"].startswith("alg-1/"), group
+        released = ctl(agent_lab, "release", "group", group["group_id"])
+        assert "released group" in released, released
+
+    reason, record = _call_ended_by_alg(agent_lab, "", release)
+    assert reason == 'SIP;cause=503;text="media removed by operator"'
+    assert (record["status"], record["reason"]) == (503, "media removed by operator")
+
+
+def test_a_call_without_media_for_media_timeout_is_ended_by_the_alg(
+    agent_lab: AgentLab,
+) -> None:
+    """`[media] media_timeout`: the pinholes carry it as FCP max-idle; no RTP nor RTCP
+    crosses (the sipp phones send none), so the agent removes the idle rule (IDLE event)
+    and the ALG ends the call, as an SBC does on an RTP timeout."""
+    reason, record = _call_ended_by_alg(agent_lab, "media_timeout = 3\n", None)
+    assert reason == 'SIP;cause=408;text="media timeout"'
+    assert (record["status"], record["reason"]) == (408, "media timeout")

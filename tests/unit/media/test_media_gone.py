@@ -26,7 +26,7 @@ from alg.media.rewrite import Hiding
 from alg.proxy import ProxyCore
 from alg.proxy_model import Endpoint, Interface, ProxyConfig, Send, Target
 from alg.sip import SipMessage, SipUri, parse_message
-from fcp.types import EventKind
+from fcp.types import EventKind, LifetimeChange, LifetimeTarget
 
 CALL_ID = "c1@10.77.0.10"
 # a proxy of bob's provider between us and bob: it records its route above ours
@@ -205,11 +205,24 @@ def test_an_unanswered_call_is_left_to_its_caller(alg: Alg) -> None:
     [rule] = alg.rules()  # early media's pinhole
     call = alg.core.call(CALL_ID)
     assert call is not None
+    # the agent removed it (idle: the callee rang without sending early media) ...
+    gone_rule = LifetimeChange(LifetimeTarget.RULE, rule.rule_id, 0)  # type: ignore[attr-defined]
+    alg.loop.run_until_complete(alg.agents["gw1"].change_lifetime("alg-1", gone_rule))
     event = GroupGone("gw1", call.group_id, EventKind.IDLE, None, rule.rule_id)  # type: ignore[attr-defined]
     assert alg.core.bindings_gone(event, alg.now) is call
     assert alg.core.take_requests() == [] and alg.core.take_endings() == []
     assert alg.core.call(CALL_ID) is call
     assert alg.core.stats["agent.gone.kept"] == 1
+    # ... and the ALG opens it again at once, to the same peer: early media starting
+    # later, and the answer, get through
+    alg.pump()
+    [again] = alg.rules()
+    assert again.rule_id != rule.rule_id  # type: ignore[attr-defined]
+    assert again.remote_address == rule.remote_address  # type: ignore[attr-defined]
+    assert alg.core.stats["agent.gone.reopened"] == 1
+    ok = response(sent, 200, body=sdp("203.0.113.20", 50000))
+    assert not isinstance(alg.forward_response(ok, BOB, ALICE), Reject)
+    assert [r.rule_id for r in alg.rules()] == [again.rule_id]  # type: ignore[attr-defined]
 
 
 # --- the proxy core with the recorder, as the shell drives it --------------------------
