@@ -41,6 +41,8 @@ per §8.2.6) and adds these headers; a 401 needs the challenge from `alg.auth`.
 from __future__ import annotations
 
 import email.utils
+import logging
+import math
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -466,8 +468,14 @@ def _format_q(q: float) -> str:
 # --- the stateful wrapper -------------------------------------------------------------
 
 
+log = logging.getLogger("sipwall.alg.registrar")
+
+PURGE_INTERVAL: Final = 60.0  # s between deletions of expired bindings (one indexed DELETE)
+
+
 class Registrar:
-    """`process_register` over a `LocationStore`: read, decide, commit atomically."""
+    """`process_register` over a `LocationStore`: read, decide, commit atomically; expired
+    bindings are deleted at most once per `PURGE_INTERVAL`, on a REGISTER."""
 
     def __init__(
         self,
@@ -483,12 +491,21 @@ class Registrar:
         # `handle` gets the proxy core's monotonic `now`; the store keeps POSIX times
         # (alg.location.OnCoreClock says why)
         self.wall_offset = wall_offset
+        self._next_purge = -math.inf
 
     def handle(
         self, msg: SipMessage, identity: Identity | None, source: Source, now: float
     ) -> RegisterDecision:
         now += self.wall_offset
         aor = aor_of(msg)
+        if now >= self._next_purge:
+            # lookups skip dead bindings, but their rows would stay in the database;
+            # housekeeping: a failure here must not cost this REGISTER its answer
+            self._next_purge = now + PURGE_INTERVAL
+            try:
+                self.store.purge(now)
+            except LocationStoreError as exc:
+                log.warning("purging expired registrations failed: %s", exc)
         try:
             current = self.store.lookup(aor, now) if aor is not None else ()
             decision = process_register(
