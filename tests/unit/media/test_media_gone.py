@@ -109,6 +109,9 @@ def test_a_confirmed_call_whose_media_is_gone_is_ended_both_ways(
     assert (to_alice.cseq.number, to_alice.cseq.method) == (1, "BYE")
     assert to_alice.top_via.host == "10.77.0.1"
     assert to_alice.call_id == CALL_ID
+    # her own From URI, masked on the way out and back in bob's 2xx, is hers again
+    assert str(to_alice.to.uri) == "sip:alice@10.77.0.10"
+    assert b"sw-" not in to_alice.raw
     for message in (to_bob, to_alice):
         assert message.header("reason") == REASONS[kind]
     status, text = {
@@ -320,6 +323,7 @@ def test_the_proxy_sends_the_byes_and_the_cdr_says_the_alg_ended_the_call(rig: R
         assert bye.header("reason") == 'SIP;cause=408;text="media timeout"'
     # each from our address on its side (alice answers to the Via, RFC 3261 §18.2.2)
     assert (bye_alice.top_via.host, bye_bob.top_via.host) == ("10.77.0.1", "203.0.113.1")
+    assert b"sw-" not in bye_alice.raw  # nothing masked goes inside (her To, our Route)
     assert b"10.77." not in next(s.data for s in out if s.to == BOB)
     # every binding released, and the CDR written: answered, ended by the ALG, why
     assert rig.held() == ([], [])
