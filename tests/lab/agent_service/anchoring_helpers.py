@@ -135,7 +135,10 @@ def start_alg(lab: AgentLab, media_extra: str = "") -> tuple[subprocess.Popen[by
         stderr=log,
     )
     assert alg.stdout is not None
-    assert b"ready" in alg.stdout.readline(), (lab.workdir / "alg.log").read_text()
+    if b"ready" not in alg.stdout.readline():  # stopped here: the caller never gets it
+        stop(alg)
+        log.close()
+        raise AssertionError((lab.workdir / "alg.log").read_text())
     return alg, log
 
 

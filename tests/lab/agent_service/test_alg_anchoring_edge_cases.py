@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,12 @@ import pytest
 from agent_lab import AgentLab
 from anchoring_helpers import (
     SIPP,
-    alg_config,
     assert_no_inside_address,
     await_answer,
     in_ns,
     inside_phone,
     outside_phone,
+    start_alg,
     start_outside_capture,
     stop,
     stop_capture,
@@ -29,26 +28,6 @@ from anchoring_helpers import (
 from labs.netns import wait_until
 
 pytestmark = [pytest.mark.kernel, pytest.mark.peers]
-
-
-def start_alg(lab: AgentLab, extra: str) -> tuple[subprocess.Popen[bytes], Any]:
-    """The ALG with `extra` TOML tables (after [media]'s keys, before its agents)."""
-    log = (lab.workdir / "alg.log").open("wb")
-    alg = in_ns(
-        lab,
-        lab.g.gw,
-        sys.executable,
-        "-m",
-        "sipwall",
-        "alg",
-        "--config",
-        str(alg_config(lab, extra)),
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
-    assert alg.stdout is not None
-    assert b"ready" in alg.stdout.readline(), (lab.workdir / "alg.log").read_text()
-    return alg, log
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

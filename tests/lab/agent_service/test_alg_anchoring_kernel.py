@@ -5,16 +5,13 @@ kernel, and nothing of the inside visible outside."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 from agent_lab import AgentLab
 from anchoring_helpers import (
     SIPP,
-    alg_config,
     assert_no_inside_address,
     await_answer,
-    in_ns,
     inside_phone,
     kernel_elements,
     outside_phone,
@@ -31,23 +28,9 @@ pytestmark = [pytest.mark.kernel, pytest.mark.peers]
 
 def test_anchored_calls_hide_the_inside_and_release_everything(agent_lab: AgentLab) -> None:
     lab = agent_lab
-    log = (lab.workdir / "alg.log").open("wb")
-    alg = in_ns(
-        lab,
-        lab.g.gw,
-        sys.executable,
-        "-m",
-        "sipwall",
-        "alg",
-        "--config",
-        str(alg_config(lab)),
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
+    alg, log = start_alg(lab)
     uas = None
     try:
-        assert alg.stdout is not None
-        assert b"ready" in alg.stdout.readline(), (lab.workdir / "alg.log").read_text()
         uas = outside_phone(
             lab, "uas_sdp_anchored.xml", calls=3, trace=lab.workdir / "uas-messages.log"
         )
@@ -115,24 +98,10 @@ def test_media_flows_through_the_binding_only_while_the_call_lasts(agent_lab: Ag
     from labs.traffic import now
 
     lab, g = agent_lab, agent_lab.g
-    log = (lab.workdir / "alg.log").open("wb")
-    alg = in_ns(
-        lab,
-        g.gw,
-        sys.executable,
-        "-m",
-        "sipwall",
-        "alg",
-        "--config",
-        str(alg_config(lab)),
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
+    alg, log = start_alg(lab)
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
     try:
-        assert alg.stdout is not None
-        assert b"ready" in alg.stdout.readline()
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=10000)
         port = await_answer(messages)
@@ -296,26 +265,11 @@ def test_a_dead_alg_leaves_nothing_open_once_the_lifetime_runs_out(agent_lab: Ag
     from labs.traffic import now
 
     lab, g = agent_lab, agent_lab.g
-    log = (lab.workdir / "alg.log").open("wb")
     # RFC 4028's shortest interval, so the group lifetime is 90 + 2 s
-    config = alg_config(lab, "session_interval = 90\nsession_slack = 2")
-    alg = in_ns(
-        lab,
-        g.gw,
-        sys.executable,
-        "-m",
-        "sipwall",
-        "alg",
-        "--config",
-        str(config),
-        stdout=subprocess.PIPE,
-        stderr=log,
-    )
+    alg, log = start_alg(lab, "session_interval = 90\nsession_slack = 2")
     uas = uac = None
     messages = lab.workdir / "uas-messages.log"
     try:
-        assert alg.stdout is not None
-        assert b"ready" in alg.stdout.readline()
         uas = outside_phone(lab, "uas_sdp_anchored_media.xml", trace=messages)
         uac = inside_phone(lab, "uac_sdp_media.xml", pause_ms=300000)
         port = await_answer(messages)
