@@ -1,7 +1,9 @@
 """The real driver: libnftables through its Python binding, in this process's netns.
 
 One `Nftables` context per driver; every `apply` is one `nft_run_cmd_from_buffer` call, i.e.
-one kernel transaction (all or nothing). Never an `nft` subprocess.
+one kernel transaction (all or nothing). Never an `nft` subprocess. Element changes, the
+per-call hot path, skip libnftables' JSON parser and cache and go to the kernel as the same
+nfnetlink batch (drivers/nfnetlink.py); everything else goes through libnftables.
 
 libnftables acts on the network namespace of the calling thread at the time it opens its
 netlink socket, so the agent simply runs inside the gateway's namespace; tests use
@@ -14,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from filter_agent.driver import parse_element, sort_elements
+from filter_agent.drivers.nfnetlink import ElementWriter, NotElements
 from filter_agent.errors import DriverError
 from filter_agent.plan import Element, Script, TableSpec, Transaction
 
@@ -26,6 +29,10 @@ class LibNftablesDriver:
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
+        self._elements = ElementWriter()
+
+    def close(self) -> None:
+        self._elements.close()
 
     def _run(self, text: str) -> str:
         rc, out, err = self._nft.cmd(text)
@@ -36,10 +43,17 @@ class LibNftablesDriver:
     def apply(self, tx: Transaction) -> None:
         if isinstance(tx, Script):
             self._run(tx.text)
-        else:
-            import json
+            return
+        commands = tx.get("nftables")
+        if isinstance(commands, list):
+            try:
+                self._elements.apply(commands)
+                return
+            except NotElements:
+                pass
+        import json
 
-            self._run(json.dumps(tx))
+        self._run(json.dumps(tx))
 
     def _list_table(self) -> list[dict[str, Any]] | None:
         import json

@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
     latch.close()
     flusher.close()
+    driver.close()
     return 0
 
 

@@ -19,7 +19,9 @@ from filter_agent.allocator import Allocator, PoolConfig
 from filter_agent.driver import without_state
 from filter_agent.drivers.fake import FakeNftDriver
 from filter_agent.engine import Engine
+from filter_agent.errors import DriverError
 from filter_agent.model import BindingKind, Direction
+from filter_agent.plan import Element, element_commands, transaction
 from labs.netns import wait_until
 from labs.traffic import now
 
@@ -143,6 +145,24 @@ def test_setup_is_idempotent_and_reconcile_rebuilds(agent: Any) -> None:
     agent.g.lab.run(agent.g.gw, ["nft", "delete", "table", "inet", "sipwall"])
     assert e.reconcile(now()) is True
     assert {(x.set, x.key) for x in agent.driver.elements()} == {(x.set, x.key) for x in before}
+
+
+def test_a_refused_element_transaction_changes_nothing(agent: Any) -> None:
+    """Element changes go to the kernel as one nfnetlink batch (drivers/nfnetlink.py):
+    one refused command undoes the others, and the error says why."""
+    spec = agent.engine.spec
+    fresh = Element("in4", ("udp", INSIDE, 4100, REMOTE, 5100), None, 60)
+    (add,) = element_commands(spec, [fresh], ())
+    missing = {"family": "inet", "table": "sipwall", "name": "out4"}
+    missing["elem"] = [{"concat": ["udp", INSIDE, 4200, REMOTE, 5200]}]  # no guard: ENOENT
+    with pytest.raises(DriverError) as refused:
+        agent.driver.apply(transaction([add, {"delete": {"element": missing}}]))
+    assert "delete element out4: No such file or directory (ENOENT)" in refused.value.detail
+    assert agent.driver.elements() == ()
+    agent.driver.apply(transaction([add]))
+    (present,) = agent.driver.elements()
+    assert (present.set, present.key) == ("in4", fresh.key)
+    assert present.timeout == 60
 
 
 def _conntrack_count(agent: Any, addr: str, port: int) -> int:
