@@ -23,7 +23,6 @@ for an RCU grace period (see conntrack.py), so the socket lives as long as the d
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import struct
@@ -96,32 +95,64 @@ def _nested(kind: int, payload: bytes) -> bytes:
     return _attr(kind | NLA_F_NESTED, payload)
 
 
-def _field(kind: str, value: Any) -> bytes:
-    if kind == "inet_service":
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFF:
-            raise NotElements(f"not a port: {value!r}")
-        return struct.pack(">H", value) + b"\0\0"
-    if kind == "inet_proto":
-        number = PROTOCOLS.get(value) if isinstance(value, str) else value
-        if not isinstance(number, int) or not 0 <= number <= 0xFF:
-            raise NotElements(f"not a protocol: {value!r}")
-        return bytes((number, 0, 0, 0))
-    if kind in ("ipv4_addr", "ipv6_addr"):
+# Per field type: its struct format (big-endian, padded to a register) and how a JSON
+# value becomes what struct packs.
+_FORMATS = {"inet_proto": "B3x", "inet_service": "H2x", "ipv4_addr": "4s", "ipv6_addr": "16s"}
+
+
+def _protocol(value: Any) -> int:
+    number = PROTOCOLS.get(value) if isinstance(value, str) else value
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise NotElements(f"not a protocol: {value!r}")
+    return number
+
+
+def _port(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise NotElements(f"not a port: {value!r}")
+    return value
+
+
+def _address(family: int) -> Any:
+    def pack(value: Any) -> bytes:
         try:
-            address = ipaddress.ip_address(value)
-        except ValueError:
-            raise NotElements(f"not an address: {value!r}") from None
-        if (address.version == 4) != (kind == "ipv4_addr"):
-            raise NotElements(f"{value!r} is not an {kind}")
-        return address.packed
-    raise NotElements(f"no encoding for {kind}")
+            return socket.inet_pton(family, value)
+        except (OSError, TypeError):
+            raise NotElements(f"not an address of family {family}: {value!r}") from None
+
+    return pack
 
 
-def _concat(kinds: Sequence[str], value: Any) -> bytes:
-    parts = value.get("concat") if isinstance(value, Mapping) else None
-    if not isinstance(parts, list) or len(parts) != len(kinds):
-        raise NotElements(f"expected a concatenation of {len(kinds)} fields: {value!r}")
-    return b"".join(_field(kind, part) for kind, part in zip(kinds, parts, strict=True))
+_CONVERT = {
+    "inet_proto": _protocol,
+    "inet_service": _port,
+    "ipv4_addr": _address(socket.AF_INET),
+    "ipv6_addr": _address(socket.AF_INET6),
+}
+
+
+class _Concat:
+    """Packs one concatenation type (a set's key or a map's data) with one struct."""
+
+    def __init__(self, kinds: Sequence[str]) -> None:
+        self.kinds = tuple(kinds)
+        self._struct = struct.Struct(">" + "".join(_FORMATS[kind] for kind in kinds))
+        self._convert = tuple(_CONVERT[kind] for kind in kinds)
+
+    def pack(self, value: Any) -> bytes:
+        parts = value.get("concat") if isinstance(value, Mapping) else None
+        if not isinstance(parts, list) or len(parts) != len(self.kinds):
+            raise NotElements(f"expected a concatenation of {len(self.kinds)} fields: {value!r}")
+        try:
+            return self._struct.pack(
+                *[convert(part) for convert, part in zip(self._convert, parts, strict=True)]
+            )
+        except struct.error as exc:  # a port or protocol out of range
+            raise NotElements(f"{parts!r}: {exc}") from None
+
+
+_KEYS = {name: _Concat(kinds) for name, kinds in SET_TYPES.items()}
+_DATA = {name: _Concat(kinds) for name, kinds in MAP_DATA.items()}
 
 
 def _element(name: str, raw: Any) -> bytes:
@@ -134,13 +165,13 @@ def _element(name: str, raw: Any) -> bytes:
     if isinstance(raw, Mapping) and "elem" in raw:
         timeout = raw["elem"].get("timeout")
         raw = raw["elem"].get("val")
-    body = _nested(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, _concat(SET_TYPES[name], raw)))
+    body = _nested(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, _KEYS[name].pack(raw)))
     if timeout is not None:
         if not isinstance(timeout, int) or timeout <= 0:
             raise NotElements(f"not a timeout in seconds: {timeout!r}")
         body += _attr(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout * 1000))
     if data is not None:
-        body += _nested(NFTA_SET_ELEM_DATA, _attr(NFTA_DATA_VALUE, _concat(MAP_DATA[name], data)))
+        body += _nested(NFTA_SET_ELEM_DATA, _attr(NFTA_DATA_VALUE, _DATA[name].pack(data)))
     return _nested(NFTA_LIST_ELEM, body)
 
 
