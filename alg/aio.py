@@ -29,7 +29,7 @@ from alg.cdr import Cdr
 from alg.config import AlgConfig
 from alg.media.actions import AgentAction
 from alg.media.agents import GroupGone
-from alg.media.perform import AgentApi, perform
+from alg.media.perform import AgentApi, Batched, coalesce, perform, perform_batch
 from alg.proxy import ProxyCore
 from alg.proxy_model import SIDES, Endpoint, Send, Side
 from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
@@ -318,18 +318,24 @@ class AlgShell:
         media = self.core.media
         if media is None:
             return
-        for action in media.take_actions():
-            task = self._loop.create_task(self._perform(action))
+        for work in coalesce(media.take_actions()):
+            task = self._loop.create_task(self._perform(work))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _perform(self, action: AgentAction) -> None:
-        api = self.agents.get(action.agent)
+    async def _perform(self, work: AgentAction | Batched) -> None:
+        agent = work[0].agent if isinstance(work, tuple) else work.agent
+        api = self.agents.get(agent)
         if api is None:
-            log.error("no FCP client for agent %s", action.agent)
+            log.error("no FCP client for agent %s", agent)
             return  # the media core's deadline fails the action over
-        result = await perform(action, api)  # never raises FcpError: it becomes Failed
-        self._dispatch(self.core.media_result(result, self._loop.time()))
+        # never raises FcpError: it becomes Failed
+        if isinstance(work, tuple):
+            results = await perform_batch(work, api)
+        else:
+            results = [await perform(work, api)]
+        for result in results:
+            self._dispatch(self.core.media_result(result, self._loop.time()))
         self._after_core()
 
     def _after_core(self) -> None:
