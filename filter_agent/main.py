@@ -84,7 +84,7 @@ async def serve(config: AgentConfig, stop: asyncio.Event) -> None:
     probe = TableProbe(spec)
     service = AgentService.open(
         settings_of(config),
-        LibNftablesDriver(),
+        LibNftablesDriver(element_writer=config.element_writer),
         store,
         loaded,
         lost,

@@ -29,7 +29,9 @@ from filter_agent.plan import Element, Script, TableSpec, Transaction
 
 
 class NetnsDriver:
-    def __init__(self, netns: str, spec: TableSpec | None = None) -> None:
+    def __init__(
+        self, netns: str, spec: TableSpec | None = None, *, element_writer: str = "netlink"
+    ) -> None:
         self.netns = netns
         self.spec = spec or TableSpec()
         self._proc: subprocess.Popen[str] | None = subprocess.Popen(
@@ -44,6 +46,7 @@ class NetnsDriver:
                 self.spec.family,
                 self.spec.name,
                 hex(self.spec.mark),
+                element_writer,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -41,9 +41,9 @@ def _handle(
 
 
 def main(argv: list[str]) -> int:
-    family, name, mark = argv
+    family, name, mark, element_writer = argv
     spec = TableSpec(family, name, int(mark, 16))
-    driver = LibNftablesDriver(spec)
+    driver = LibNftablesDriver(spec, element_writer=element_writer)
     latch = LatchSession(driver, spec)
     flusher = CtnetlinkFlusher()  # one socket for the worker's life
     for line in sys.stdin:

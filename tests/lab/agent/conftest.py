@@ -41,10 +41,30 @@ class Agent:
         )
 
 
+@pytest.fixture(params=["netlink", "libnftables"])
+def writer(request: pytest.FixtureRequest) -> str:
+    """How element changes reach the kernel (agent.toml `element_writer`)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def agent() -> Iterator[Agent]:
     with gateway_lab() as g:
         driver = NetnsDriver(g.gw)
+        try:
+            alloc = Allocator(PoolConfig((g.public_addr,), 20000, 29999), random.Random(11))
+            engine = Engine(alloc, driver, flusher=driver)
+            engine.setup()
+            yield Agent(g, driver, engine)
+        finally:
+            driver.close()
+
+
+@pytest.fixture
+def agent_with(writer: str) -> Iterator[Agent]:
+    """`agent`, once per element writer."""
+    with gateway_lab() as g:
+        driver = NetnsDriver(g.gw, element_writer=writer)
         try:
             alloc = Allocator(PoolConfig((g.public_addr,), 20000, 29999), random.Random(11))
             engine = Engine(alloc, driver, flusher=driver)

@@ -72,6 +72,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         (("[agent]", "[agnet]\n[agent]"), "agnet"),
         (("[agent]", '[agent]\nlatch = "yes"'), "agent.latch"),
         (("[agent]", "[agent]\nlatch_queue = 65536"), "agent.latch_queue"),
+        (("[agent]", '[agent]\nelement_writer = "nft"'), "agent.element_writer"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, change: tuple[str, str], key: str) -> None:
