@@ -47,22 +47,7 @@ def writer(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def agent() -> Iterator[Agent]:
-    with gateway_lab() as g:
-        driver = NetnsDriver(g.gw)
-        try:
-            alloc = Allocator(PoolConfig((g.public_addr,), 20000, 29999), random.Random(11))
-            engine = Engine(alloc, driver, flusher=driver)
-            engine.setup()
-            yield Agent(g, driver, engine)
-        finally:
-            driver.close()
-
-
-@pytest.fixture
-def agent_with(writer: str) -> Iterator[Agent]:
-    """`agent`, once per element writer."""
+def _agent(writer: str) -> Iterator[Agent]:
     with gateway_lab() as g:
         driver = NetnsDriver(g.gw, element_writer=writer)
         try:
@@ -72,3 +57,14 @@ def agent_with(writer: str) -> Iterator[Agent]:
             yield Agent(g, driver, engine)
         finally:
             driver.close()
+
+
+@pytest.fixture
+def agent() -> Iterator[Agent]:
+    yield from _agent("netlink")
+
+
+@pytest.fixture
+def agent_with(writer: str) -> Iterator[Agent]:
+    """`agent`, once per element writer."""
+    yield from _agent(writer)

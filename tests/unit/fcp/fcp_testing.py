@@ -9,12 +9,37 @@ from pathlib import Path
 from fcp.client import ClientTls, FcpClient
 from fcp.memory_backend import MemoryBackendConfig
 from fcp.server import ServerConfig, ServerTls
-from fcp.types import IpVersion, Pool
+from fcp.types import (
+    BindingKind,
+    BindingRequest,
+    Direction,
+    Endpoint,
+    IpVersion,
+    Pool,
+    RuleRequest,
+    TransportProtocol,
+)
 
 ALLOWED = frozenset({"alg-1", "alg-2"})
 PUBLIC_V4 = (ipaddress.IPv4Address("203.0.113.10"), ipaddress.IPv4Address("203.0.113.11"))
 PUBLIC_V6 = (ipaddress.IPv6Address("2001:db8::10"),)
 START = 1_700_000_000.0
+UA = ipaddress.IPv4Address("10.77.0.10")  # an inside phone
+PEER = ipaddress.IPv4Address("198.51.100.20")  # its outside peer
+
+
+def pair(group: str, port: int) -> BindingRequest:
+    """An RTP/RTCP pair for the phone's media at `port`, in call `group`."""
+    return BindingRequest(
+        group, Endpoint(UA, port), TransportProtocol.UDP, BindingKind.RTP_PAIR, 300
+    )
+
+
+def pinhole(binding_id: str, key: str | None = None) -> RuleRequest:
+    """Both ways, to the peer's RTP port."""
+    return RuleRequest(
+        binding_id, Direction.BIDIRECTIONAL, PEER, 300, remote_port=30000, idempotency_key=key
+    )
 
 
 class FakeClock:

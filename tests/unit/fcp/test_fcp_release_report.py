@@ -5,10 +5,8 @@ List* round trips before the release; now it is one RPC."""
 
 from __future__ import annotations
 
-import ipaddress
-
 import pytest
-from fcp_testing import ClientFactory
+from fcp_testing import PEER, ClientFactory, pair, pinhole
 
 from alg.media.actions import Done, Failed, Release, ReleaseReport
 from alg.media.perform import OwnedBackend, perform
@@ -16,30 +14,12 @@ from fcp import convert
 from fcp.errors import FcpError, Reason
 from fcp.memory_backend import MemoryBackend
 from fcp.types import (
-    BindingKind,
-    BindingRequest,
     Counters,
     Direction,
-    Endpoint,
     GroupLifetimeChange,
     GroupLifetimeGrant,
     Rule,
-    RuleRequest,
-    TransportProtocol,
 )
-
-UA = ipaddress.IPv4Address("10.77.0.10")
-PEER = ipaddress.IPv4Address("198.51.100.20")
-
-
-def pair(group: str, port: int) -> BindingRequest:
-    return BindingRequest(
-        group, Endpoint(UA, port), TransportProtocol.UDP, BindingKind.RTP_PAIR, 300
-    )
-
-
-def pinhole(binding_id: str) -> RuleRequest:
-    return RuleRequest(binding_id, Direction.BIDIRECTIONAL, PEER, 300, remote_port=30000)
 
 
 @pytest.mark.asyncio

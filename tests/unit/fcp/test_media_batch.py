@@ -4,11 +4,10 @@ would have had alone: over real gRPC with mutual TLS and against the memory back
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
 import pytest
-from fcp_testing import ClientFactory
+from fcp_testing import ClientFactory, pair, pinhole
 
 from alg.media.actions import ChangeGroup, Done, Enable, Failed, Release, Reserve
 from alg.media.perform import OwnedBackend, batch_key, coalesce, perform_batch
@@ -17,32 +16,14 @@ from fcp.memory_backend import MemoryBackend
 from fcp.types import (
     BatchOperation,
     BatchResult,
-    BindingKind,
-    BindingRequest,
-    Direction,
-    Endpoint,
     GroupLifetimeChange,
     GroupLifetimeGrant,
     Rule,
-    RuleRequest,
-    TransportProtocol,
 )
-
-UA = ipaddress.IPv4Address("10.77.0.10")
-PEER = ipaddress.IPv4Address("198.51.100.20")
-
-
-def pair(group: str, port: int) -> BindingRequest:
-    return BindingRequest(
-        group, Endpoint(UA, port), TransportProtocol.UDP, BindingKind.RTP_PAIR, 300
-    )
 
 
 def enable(token: int, binding_id: str, key: str, agent: str = "gw") -> Enable:
-    request = RuleRequest(
-        binding_id, Direction.BIDIRECTIONAL, PEER, 300, remote_port=30000, idempotency_key=key
-    )
-    return Enable(agent, request, token, 5.0)
+    return Enable(agent, pinhole(binding_id, key), token, 5.0)
 
 
 def group(token: int, group_id: str, lifetime: int, key: str, agent: str = "gw") -> ChangeGroup:
