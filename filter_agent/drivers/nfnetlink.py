@@ -257,6 +257,8 @@ class ElementWriter:
         self._sock.bind((0, 0))
         self._sock.settimeout(timeout)
         self._seq = int.from_bytes(os.urandom(3), "big")
+        # what one send may carry (the kernel reports twice what was set: socket(7))
+        self._room = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
 
     def close(self) -> None:
         self._sock.close()
@@ -281,9 +283,10 @@ class ElementWriter:
         parts.append(_message(_END, self._next(), res_id=NFNL_SUBSYS_NFTABLES))
         batch = b"".join(parts)
         try:
-            if len(batch) > self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2:
+            if len(batch) > self._room:
                 # big restores: the kernel takes the whole batch in one datagram
                 self._sock.setsockopt(socket.SOL_SOCKET, 32, 2 * len(batch))  # SO_SNDBUFFORCE
+                self._room = 2 * len(batch)
             self._sock.send(batch)
             failures = self._answers(begin, pending)
         except OSError as exc:  # includes the timeout
