@@ -45,7 +45,13 @@ from fcp.backend import ADMIN_OWNER, FirewallBackend
 from fcp.certs import identity_of
 from fcp.convert_scalars import optional_str
 from fcp.errors import FcpError, Reason, malformed
-from fcp.status import EPOCH_METADATA_KEY, STATUS_DETAILS_KEY, encode_detail, status_code
+from fcp.status import (
+    EPOCH_METADATA_KEY,
+    STATUS_DETAILS_KEY,
+    encode_detail,
+    rpc_status,
+    status_code,
+)
 from fcp.v1 import fcp_pb2 as pb
 from fcp.v1 import fcp_pb2_grpc as pb_grpc
 
@@ -274,6 +280,79 @@ UNARY_RPCS: Final[Mapping[str, UnaryRpc[Any, Any, Any, Any]]] = {
 }
 
 
+# The operations an Exchange request may carry: its oneof field -> the unary RPC whose
+# table row runs it. The response's oneof field has the same name.
+EXCHANGE_RPCS: Final[Mapping[str, str]] = {
+    "reserve_binding": "ReserveBinding",
+    "enable_rule": "EnableRule",
+    "change_lifetime": "ChangeLifetime",
+    "change_group_lifetime": "ChangeGroupLifetime",
+    "batch": "Batch",
+}
+# Operations of one Exchange stream running at once; past this the stream is not read,
+# and HTTP/2 flow control holds the client back.
+EXCHANGE_IN_FLIGHT = 256
+INTERNAL_STATUS = pb.RpcStatus(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+
+
+def _exchange_operation(request: pb.ExchangeRequest) -> tuple[str, UnaryRpc[Any, Any, Any, Any]]:
+    """The request's oneof field and the table row that runs it."""
+    field = request.WhichOneof("operation")
+    if field is None:
+        raise malformed("operation", "the request carries no operation")
+    return field, UNARY_RPCS[EXCHANGE_RPCS[field]]
+
+
+class _ExchangeStream:
+    """One Exchange call: reads requests, runs each as its own task (as separate unary
+    calls would run), and queues every answer for the handler to write. `stop` (agent
+    shutdown) stops reading; the answers of operations already running are still sent,
+    then the stream ends and the client opens a new one."""
+
+    def __init__(
+        self,
+        answer: Callable[[pb.ExchangeRequest], Awaitable[pb.ExchangeResponse]],
+        requests: AsyncIterator[pb.ExchangeRequest],
+    ) -> None:
+        self._answer = answer
+        self.answers: asyncio.Queue[pb.ExchangeResponse | None] = asyncio.Queue()
+        self._running: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Semaphore(EXCHANGE_IN_FLIGHT)
+        self._reader = asyncio.create_task(self._read(requests))
+
+    async def _read(self, requests: AsyncIterator[pb.ExchangeRequest]) -> None:
+        try:
+            async for request in requests:
+                await self._room.acquire()
+                task = asyncio.create_task(self._run(request))
+                self._running.add(task)
+                task.add_done_callback(self._done)
+        except asyncio.CancelledError:
+            pass  # stop(): what is running still answers
+        except Exception:  # the call broke under us: the handler ends it
+            log.debug("FCP Exchange stream stopped reading", exc_info=True)
+        finally:
+            if self._running:
+                await asyncio.wait(set(self._running))
+            self.answers.put_nowait(None)
+
+    async def _run(self, request: pb.ExchangeRequest) -> None:
+        self.answers.put_nowait(await self._answer(request))
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._room.release()
+
+    def stop(self) -> None:
+        self._reader.cancel()
+
+    def abandon(self) -> None:
+        """The call is over (client gone or cancelled): nobody reads the answers."""
+        self._reader.cancel()
+        for task in tuple(self._running):
+            task.cancel()
+
+
 def _unary_method(name: str) -> Any:
     """The servicer method gRPC calls for RPC `name`: the shared path, told which RPC.
     `Any`, because mypy will not let a callable attribute stand in for the generated
@@ -302,6 +381,7 @@ class FcpServicer(pb_grpc.FirewallControlServicer):
         self._allowed = allowed_identities | admin_identities
         self._admins = admin_identities
         self._insecure_identity = insecure_identity
+        self._exchanges: set[_ExchangeStream] = set()
 
     # ---- plumbing --------------------------------------------------------------------
 
@@ -319,12 +399,15 @@ class FcpServicer(pb_grpc.FirewallControlServicer):
             text = value.decode() if isinstance(value, bytes) else value
             if not text.isdigit():
                 raise malformed(EPOCH_METADATA_KEY, f"{text!r} is not a decimal epoch")
-            if int(text) != self._backend.epoch:
-                raise FcpError(
-                    Reason.STALE_EPOCH,
-                    f"epoch {text} is stale: the agent restarted (now {self._backend.epoch})",
-                    epoch=self._backend.epoch,
-                )
+            self._check_epoch_number(int(text))
+
+    def _check_epoch_number(self, epoch: int) -> None:
+        if epoch != self._backend.epoch:
+            raise FcpError(
+                Reason.STALE_EPOCH,
+                f"epoch {epoch} is stale: the agent restarted (now {self._backend.epoch})",
+                epoch=self._backend.epoch,
+            )
 
     async def _abort(self, context: Context, error: FcpError) -> None:
         trailer = ((STATUS_DETAILS_KEY, encode_detail(error, self._backend.epoch)),)
@@ -369,6 +452,55 @@ class FcpServicer(pb_grpc.FirewallControlServicer):
     Batch = _unary_method("Batch")
     GetExternalAddress = _unary_method("GetExternalAddress")
 
+    # ---- Exchange: the unary operations as messages on one stream ----------------------
+
+    async def Exchange(
+        self, requests: AsyncIterator[pb.ExchangeRequest], context: Context
+    ) -> AsyncIterator[pb.ExchangeResponse]:
+        # The identity of a TLS connection cannot change: it is checked once, and a
+        # refused caller's stream ends with the status its unary calls would get.
+        try:
+            owner = self._owner(context)
+        except FcpError as exc:
+            await self._abort(context, exc)
+            return
+        stream = _ExchangeStream(functools.partial(self._exchange_answer, owner), requests)
+        self._exchanges.add(stream)
+        try:
+            while (answer := await stream.answers.get()) is not None:
+                yield answer
+        finally:
+            self._exchanges.discard(stream)
+            stream.abandon()
+
+    async def _exchange_answer(
+        self, owner: str, request: pb.ExchangeRequest
+    ) -> pb.ExchangeResponse:
+        """What the unary call would have answered, as the response to `request.id`: the
+        same table row runs it, and an error is the same status with its detail."""
+        field = "?"
+        try:
+            field, rpc = _exchange_operation(request)
+            if request.HasField("epoch"):
+                self._check_epoch_number(request.epoch)
+            result = await rpc.run(self._backend, owner, getattr(request, field))
+        except FcpError as exc:
+            return pb.ExchangeResponse(id=request.id, error=rpc_status(exc, self._backend.epoch))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # any backend bug becomes INTERNAL, logged
+            log.exception("FCP Exchange %s failed unexpectedly", field)
+            return pb.ExchangeResponse(id=request.id, error=INTERNAL_STATUS)
+        answer = pb.ExchangeResponse(id=request.id)
+        getattr(answer, field).CopyFrom(result)
+        return answer
+
+    def stop_exchanges(self) -> None:
+        """The agent is stopping: every Exchange stream answers what it is running, then
+        ends (the client reconnects, to this agent's successor)."""
+        for stream in self._exchanges:
+            stream.stop()
+
     # A server stream does not fit the unary shape: errors before the first event abort
     # the call, the backend's iterator must be closed however the stream ends.
     async def WatchEvents(
@@ -403,6 +535,7 @@ class FcpServer:
         self._backend = backend
         self._config = config
         self._server: grpc.aio.Server | None = None
+        self._servicer: FcpServicer | None = None
         # The stubs lack the aio flavour of the health servicer; it has the same surface.
         self._health: Any = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
@@ -420,15 +553,13 @@ class FcpServer:
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
             ]
         )
-        pb_grpc.add_FirewallControlServicer_to_server(
-            FcpServicer(
-                self._backend,
-                config.allowed_identities,
-                config.insecure_identity,
-                config.admin_identities,
-            ),
-            server,
+        self._servicer = FcpServicer(
+            self._backend,
+            config.allowed_identities,
+            config.insecure_identity,
+            config.admin_identities,
         )
+        pb_grpc.add_FirewallControlServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME), server
@@ -461,6 +592,8 @@ class FcpServer:
             return
         server, self._server = self._server, None
         await self._health.enter_graceful_shutdown()
+        if self._servicer is not None:
+            self._servicer.stop_exchanges()
         await server.stop(self._config.grace_seconds if grace is None else grace)
 
     async def wait_for_termination(self) -> None:

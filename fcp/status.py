@@ -73,8 +73,9 @@ def status_code(reason: Reason) -> grpc.StatusCode:
     return STATUS_CODES[reason]
 
 
-def encode_detail(error: FcpError, epoch: int | None = None) -> bytes:
-    """The `grpc-status-details-bin` value for `error`."""
+def rpc_status(error: FcpError, epoch: int | None = None) -> pb.RpcStatus:
+    """`error` as the richer error model's status: code, message and one FcpErrorDetail. A
+    unary call carries it serialized in its trailer; an Exchange response carries it as is."""
     detail = pb.FcpErrorDetail(
         reason=REASONS[error.reason],
         message=error.message,
@@ -88,8 +89,12 @@ def encode_detail(error: FcpError, epoch: int | None = None) -> bytes:
     packed = any_pb2.Any()
     packed.Pack(detail)
     code = STATUS_CODES[error.reason]
-    status = pb.RpcStatus(code=code.value[0], message=error.message, details=[packed])
-    return status.SerializeToString()
+    return pb.RpcStatus(code=code.value[0], message=error.message, details=[packed])
+
+
+def encode_detail(error: FcpError, epoch: int | None = None) -> bytes:
+    """The `grpc-status-details-bin` value for `error`."""
+    return rpc_status(error, epoch).SerializeToString()
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -105,30 +110,50 @@ def decode_error(
     for key, value in trailing or ():
         if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
             continue
-        detail = _unpack(value)
+        status = pb.RpcStatus()
+        try:
+            status.ParseFromString(value)
+        except DecodeError:
+            break
+        detail = _detail(status)
         if detail is None:
             break
-        return FcpError(
-            reason_from_proto(detail.reason),
-            detail.message or details or "",
-            detail.retry_after.ToTimedelta().total_seconds()
-            if detail.HasField("retry_after")
-            else None,
-            field=detail.field or None,
-            operation_index=detail.operation_index if detail.HasField("operation_index") else None,
-            epoch=detail.epoch or None,
-        )
+        return _error_of(detail, details)
+    return _bare_error(code, details)
+
+
+def error_from_status(status: pb.RpcStatus) -> tuple[grpc.StatusCode | None, FcpError]:
+    """An Exchange response's error: its status code and the `FcpError` it carries."""
+    code = CODES_BY_NUMBER.get(status.code)
+    detail = _detail(status)
+    if detail is None:
+        return code, _bare_error(code, status.message)
+    return code, _error_of(detail, status.message)
+
+
+CODES_BY_NUMBER: Mapping[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _error_of(detail: pb.FcpErrorDetail, details: str | None) -> FcpError:
+    return FcpError(
+        reason_from_proto(detail.reason),
+        detail.message or details or "",
+        detail.retry_after.ToTimedelta().total_seconds()
+        if detail.HasField("retry_after")
+        else None,
+        field=detail.field or None,
+        operation_index=detail.operation_index if detail.HasField("operation_index") else None,
+        epoch=detail.epoch or None,
+    )
+
+
+def _bare_error(code: grpc.StatusCode | None, details: str | None) -> FcpError:
     reason = FALLBACK_REASONS.get(code, Reason.INTERNAL) if code else Reason.INTERNAL
     name = code.name if code else "UNKNOWN"
     return FcpError(reason, f"{name}: {details or 'no details'}")
 
 
-def _unpack(value: bytes) -> pb.FcpErrorDetail | None:
-    status = pb.RpcStatus()
-    try:
-        status.ParseFromString(value)
-    except DecodeError:
-        return None
+def _detail(status: pb.RpcStatus) -> pb.FcpErrorDetail | None:
     for packed in status.details:
         detail = pb.FcpErrorDetail()
         if packed.Is(pb.FcpErrorDetail.DESCRIPTOR) and packed.Unpack(detail):

@@ -1180,6 +1180,106 @@ class BatchResponse(_message.Message):
 Global___BatchResponse: _TypeAlias = BatchResponse  # noqa: Y015
 
 @_typing.final
+class ExchangeRequest(_message.Message):
+    """---- exchange ------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    RESERVE_BINDING_FIELD_NUMBER: _builtins.int
+    ENABLE_RULE_FIELD_NUMBER: _builtins.int
+    CHANGE_LIFETIME_FIELD_NUMBER: _builtins.int
+    CHANGE_GROUP_LIFETIME_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """chosen by the client, echoed in the response"""
+    epoch: _builtins.int
+    """The unary calls' "fcp-epoch" metadata: checked when set (STALE_EPOCH otherwise)."""
+    @_builtins.property
+    def reserve_binding(self) -> Global___ReserveBindingRequest: ...
+    @_builtins.property
+    def enable_rule(self) -> Global___EnableRuleRequest: ...
+    @_builtins.property
+    def change_lifetime(self) -> Global___ChangeLifetimeRequest: ...
+    @_builtins.property
+    def change_group_lifetime(self) -> Global___ChangeGroupLifetimeRequest: ...
+    @_builtins.property
+    def batch(self) -> Global___BatchRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        epoch: _builtins.int | None = ...,
+        reserve_binding: Global___ReserveBindingRequest | None = ...,
+        enable_rule: Global___EnableRuleRequest | None = ...,
+        change_lifetime: Global___ChangeLifetimeRequest | None = ...,
+        change_group_lifetime: Global___ChangeGroupLifetimeRequest | None = ...,
+        batch: Global___BatchRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_epoch", b"_epoch", "batch", b"batch", "change_group_lifetime", b"change_group_lifetime", "change_lifetime", b"change_lifetime", "enable_rule", b"enable_rule", "epoch", b"epoch", "operation", b"operation", "reserve_binding", b"reserve_binding"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_epoch", b"_epoch", "batch", b"batch", "change_group_lifetime", b"change_group_lifetime", "change_lifetime", b"change_lifetime", "enable_rule", b"enable_rule", "epoch", b"epoch", "id", b"id", "operation", b"operation", "reserve_binding", b"reserve_binding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__epoch: _TypeAlias = _typing.Literal["epoch"]  # noqa: Y015
+    _WhichOneofArgType__epoch: _TypeAlias = _typing.Literal["_epoch", b"_epoch"]  # noqa: Y015
+    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["reserve_binding", "enable_rule", "change_lifetime", "change_group_lifetime", "batch"]  # noqa: Y015
+    _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__epoch) -> _WhichOneofReturnType__epoch | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_operation) -> _WhichOneofReturnType_operation | None: ...
+
+Global___ExchangeRequest: _TypeAlias = ExchangeRequest  # noqa: Y015
+
+@_typing.final
+class ExchangeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESERVE_BINDING_FIELD_NUMBER: _builtins.int
+    ENABLE_RULE_FIELD_NUMBER: _builtins.int
+    CHANGE_LIFETIME_FIELD_NUMBER: _builtins.int
+    CHANGE_GROUP_LIFETIME_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    @_builtins.property
+    def reserve_binding(self) -> Global___ReserveBindingResponse: ...
+    @_builtins.property
+    def enable_rule(self) -> Global___EnableRuleResponse: ...
+    @_builtins.property
+    def change_lifetime(self) -> Global___ChangeLifetimeResponse: ...
+    @_builtins.property
+    def change_group_lifetime(self) -> Global___ChangeGroupLifetimeResponse: ...
+    @_builtins.property
+    def batch(self) -> Global___BatchResponse: ...
+    @_builtins.property
+    def error(self) -> Global___RpcStatus:
+        """the status (and FcpErrorDetail) the unary call would end with"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        reserve_binding: Global___ReserveBindingResponse | None = ...,
+        enable_rule: Global___EnableRuleResponse | None = ...,
+        change_lifetime: Global___ChangeLifetimeResponse | None = ...,
+        change_group_lifetime: Global___ChangeGroupLifetimeResponse | None = ...,
+        batch: Global___BatchResponse | None = ...,
+        error: Global___RpcStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "change_group_lifetime", b"change_group_lifetime", "change_lifetime", b"change_lifetime", "enable_rule", b"enable_rule", "error", b"error", "reserve_binding", b"reserve_binding", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "change_group_lifetime", b"change_group_lifetime", "change_lifetime", b"change_lifetime", "enable_rule", b"enable_rule", "error", b"error", "id", b"id", "reserve_binding", b"reserve_binding", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["reserve_binding", "enable_rule", "change_lifetime", "change_group_lifetime", "batch", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___ExchangeResponse: _TypeAlias = ExchangeResponse  # noqa: Y015
+
+@_typing.final
 class GetExternalAddressRequest(_message.Message):
     """---- addresses -----------------------------------------------------------------------"""
 

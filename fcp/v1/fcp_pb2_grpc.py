@@ -104,6 +104,11 @@ class FirewallControlStub:
                 request_serializer=fcp_dot_v1_dot_fcp__pb2.GetExternalAddressRequest.SerializeToString,
                 response_deserializer=fcp_dot_v1_dot_fcp__pb2.GetExternalAddressResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/fcp.v1.FirewallControl/Exchange',
+                request_serializer=fcp_dot_v1_dot_fcp__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=fcp_dot_v1_dot_fcp__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
 
 
 class FirewallControlServicer:
@@ -198,6 +203,21 @@ class FirewallControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """The hot path: ReserveBinding, EnableRule, ChangeLifetime, ChangeGroupLifetime and Batch
+        as messages on one long-lived stream, so a call's operations do not each pay for a new
+        HTTP/2 stream (on our 2-core machines a unary round trip costs ~0.38 ms, a message on
+        an open stream ~0.16 ms). Every request is answered by exactly one response with the
+        same id, in any order (operations run concurrently, as separate unary calls would).
+        Semantics, idempotency and errors are those of the unary RPC: a failed operation is
+        answered with the RpcStatus its unary call would have ended with, and the stream goes
+        on. The stream itself ends with a status only when the caller is not allowed (checked
+        once, before the first message) or the agent stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FirewallControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +290,11 @@ def add_FirewallControlServicer_to_server(servicer, server):
                     servicer.GetExternalAddress,
                     request_deserializer=fcp_dot_v1_dot_fcp__pb2.GetExternalAddressRequest.FromString,
                     response_serializer=fcp_dot_v1_dot_fcp__pb2.GetExternalAddressResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=fcp_dot_v1_dot_fcp__pb2.ExchangeRequest.FromString,
+                    response_serializer=fcp_dot_v1_dot_fcp__pb2.ExchangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -650,6 +675,33 @@ class FirewallControl:
             '/fcp.v1.FirewallControl/GetExternalAddress',
             fcp_dot_v1_dot_fcp__pb2.GetExternalAddressRequest.SerializeToString,
             fcp_dot_v1_dot_fcp__pb2.GetExternalAddressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fcp.v1.FirewallControl/Exchange',
+            fcp_dot_v1_dot_fcp__pb2.ExchangeRequest.SerializeToString,
+            fcp_dot_v1_dot_fcp__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -101,6 +101,17 @@ class FirewallControlStub:
     the error detail names the failing operation (operation_index).
     """
     GetExternalAddress: _grpc.UnaryUnaryMultiCallable[_fcp_pb2.GetExternalAddressRequest, _fcp_pb2.GetExternalAddressResponse]
+    Exchange: _grpc.StreamStreamMultiCallable[_fcp_pb2.ExchangeRequest, _fcp_pb2.ExchangeResponse]
+    """The hot path: ReserveBinding, EnableRule, ChangeLifetime, ChangeGroupLifetime and Batch
+    as messages on one long-lived stream, so a call's operations do not each pay for a new
+    HTTP/2 stream (on our 2-core machines a unary round trip costs ~0.38 ms, a message on
+    an open stream ~0.16 ms). Every request is answered by exactly one response with the
+    same id, in any order (operations run concurrently, as separate unary calls would).
+    Semantics, idempotency and errors are those of the unary RPC: a failed operation is
+    answered with the RpcStatus its unary call would have ended with, and the stream goes
+    on. The stream itself ends with a status only when the caller is not allowed (checked
+    once, before the first message) or the agent stops.
+    """
 
 @_typing.type_check_only
 class FirewallControlAsyncStub(FirewallControlStub):
@@ -126,6 +137,17 @@ class FirewallControlAsyncStub(FirewallControlStub):
     the error detail names the failing operation (operation_index).
     """
     GetExternalAddress: _aio.UnaryUnaryMultiCallable[_fcp_pb2.GetExternalAddressRequest, _fcp_pb2.GetExternalAddressResponse]  # type: ignore[assignment]
+    Exchange: _aio.StreamStreamMultiCallable[_fcp_pb2.ExchangeRequest, _fcp_pb2.ExchangeResponse]  # type: ignore[assignment]
+    """The hot path: ReserveBinding, EnableRule, ChangeLifetime, ChangeGroupLifetime and Batch
+    as messages on one long-lived stream, so a call's operations do not each pay for a new
+    HTTP/2 stream (on our 2-core machines a unary round trip costs ~0.38 ms, a message on
+    an open stream ~0.16 ms). Every request is answered by exactly one response with the
+    same id, in any order (operations run concurrently, as separate unary calls would).
+    Semantics, idempotency and errors are those of the unary RPC: a failed operation is
+    answered with the RpcStatus its unary call would have ended with, and the stream goes
+    on. The stream itself ends with a status only when the caller is not allowed (checked
+    once, before the first message) or the agent stops.
+    """
 
 class FirewallControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -232,5 +254,22 @@ class FirewallControlServicer(metaclass=_abc_1.ABCMeta):
         request: _fcp_pb2.GetExternalAddressRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fcp_pb2.GetExternalAddressResponse, _abc.Awaitable[_fcp_pb2.GetExternalAddressResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Exchange(
+        self,
+        request_iterator: _MaybeAsyncIterator[_fcp_pb2.ExchangeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_fcp_pb2.ExchangeResponse], _abc.AsyncIterator[_fcp_pb2.ExchangeResponse]]:
+        """The hot path: ReserveBinding, EnableRule, ChangeLifetime, ChangeGroupLifetime and Batch
+        as messages on one long-lived stream, so a call's operations do not each pay for a new
+        HTTP/2 stream (on our 2-core machines a unary round trip costs ~0.38 ms, a message on
+        an open stream ~0.16 ms). Every request is answered by exactly one response with the
+        same id, in any order (operations run concurrently, as separate unary calls would).
+        Semantics, idempotency and errors are those of the unary RPC: a failed operation is
+        answered with the RpcStatus its unary call would have ended with, and the stream goes
+        on. The stream itself ends with a status only when the caller is not allowed (checked
+        once, before the first message) or the agent stops.
+        """
 
 def add_FirewallControlServicer_to_server(servicer: FirewallControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
