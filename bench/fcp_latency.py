@@ -6,8 +6,11 @@ the same namespace and talks to it over mutual TLS on that namespace's 127.0.0.1
 
 1. latency: ReserveBinding + EnableRule round trips at a steady RATE per second for
    DURATION seconds (open loop: a slow answer does not slow the schedule); p50/p99 of
-   the pair. Then the same calls as ONE Batch each (the rule names the reservation by
-   `binding_ref`), which is what an ALG does when it knows both ends. Then ONE
+   the pair, as the client sends them: two operations, one after the other, on its
+   Exchange stream (fcp.exchange). Then the same pair as two unary RPCs (a client with
+   exchange=False), for comparison. Then the same calls as ONE Batch each (the rule
+   names the reservation by `binding_ref`), which is what an ALG does when it knows
+   both ends. Then ONE
    ReserveBinding per call, which is what the ALG does when an offer crosses it (the
    EnableRule comes with the answer, later): the agent's share of the post-dial delay.
    Every phase also reports the CPU time per operation of the agent process and of the
@@ -18,10 +21,11 @@ the same namespace and talks to it over mutual TLS on that namespace's 127.0.0.1
 Aims: p50 < 1 ms, p99 < 5 ms, >= 10,000 rules/s. Summary lines at the end:
 `fcp_agent_cpu_per_reserve_enable`, `fcp_agent_cpu_per_batch_reserve_enable`,
 `fcp_reserve_p50`, `fcp_batch_reserve_enable_p50`, `fcp_reserve_enable_p99`,
-`fcp_install_rules_per_s`, and, LAST, `fcp_reserve_enable_p50: <value> ms` (two RPCs,
-as before). The floor: one grpc.aio unary round trip over mTLS costs ~0.5 ms on the
-lab machine (~0.3 ms of it server CPU), even for an echo handler, so two sequential
-RPCs cannot be under 1 ms here; one Batch can.
+`fcp_reserve_enable_unary_p50`, `fcp_install_rules_per_s`, and, LAST,
+`fcp_reserve_enable_p50: <value> ms` (two operations on the Exchange stream). The floor:
+one grpc.aio unary round trip over mTLS costs ~0.5 ms on the lab machine (~0.3 ms of it
+server CPU) even for an echo handler, so two sequential unary RPCs cannot be under 1 ms
+here; a message round trip on an open stream costs ~0.16 ms.
 
     .venv/bin/python bench/fcp_latency.py [--rate 200] [--duration 10] [--rules 100000]
 """
@@ -112,14 +116,14 @@ async def client_main(
         inside = ipaddress.IPv4Address("10.77.0.10")
         latencies: list[float] = []
 
-        async def one(i: int) -> None:
+        async def one(i: int, via: FcpClient = client) -> None:
             start = time.perf_counter()
-            b = await client.reserve_binding(
+            b = await via.reserve_binding(
                 BindingRequest(
                     f"lat{i}", Endpoint(inside, 2000 + 2 * i), udp, BindingKind.RTP_PAIR, 600
                 )
             )
-            await client.enable_rule(
+            await via.enable_rule(
                 RuleRequest(b.binding_id, Direction.BIDIRECTIONAL, remote, 600, 5000)
             )
             latencies.append(time.perf_counter() - start)
@@ -161,9 +165,23 @@ async def client_main(
         await open_loop(one)
         pair_cpu, pair_client_cpu = meter.per_op_ms(count)
         p50, p99, top = percentiles(latencies)
-        print(f"reserve+enable round trips: {count} at {rate:.0f}/s", flush=True)
+        print(f"reserve+enable round trips on the Exchange stream: {count} at {rate:.0f}/s")
         print(f"  p50 {p50:.3f} ms  p99 {p99:.3f} ms  max {top:.3f} ms")
         print(f"  CPU per pair: agent {pair_cpu:.3f} ms, client {pair_client_cpu:.3f} ms")
+        # The same pair as two unary RPCs (a client with exchange=False): what the
+        # Exchange stream saves.
+        async with FcpClient(
+            target, tls, deadline=30, retry=RetryPolicy(attempts=1), exchange=False
+        ) as unary_client:
+            await unary_client.open_session()
+            inside = ipaddress.IPv4Address("10.77.0.14")
+            latencies = []
+            meter = CpuMeter(agent_pid)
+            await open_loop(lambda i: one(i, unary_client))
+            unary_cpu, unary_client_cpu = meter.per_op_ms(count)
+            up50, up99, _utop = percentiles(latencies)
+        print(f"  as two unary RPCs: p50 {up50:.3f} ms  p99 {up99:.3f} ms")
+        print(f"  CPU per unary pair: agent {unary_cpu:.3f} ms, client {unary_client_cpu:.3f} ms")
         # The transport's share: two sequential no-op RPCs (GetExternalAddress).
         floor: list[float] = []
         meter = CpuMeter(agent_pid)
@@ -260,6 +278,7 @@ async def client_main(
         print(f"fcp_agent_cpu_per_batch_reserve_enable: {batch_cpu:.3f} ms")
         print(f"fcp_reserve_p50: {sp50:.3f} ms")
         print(f"fcp_batch_reserve_enable_p50: {bp50:.3f} ms")
+        print(f"fcp_reserve_enable_unary_p50: {up50:.3f} ms")
         print(f"fcp_reserve_enable_p99: {p99:.3f} ms")
         print(f"fcp_install_rules_per_s: {len(rules) / rule_time:.0f}")
         print(f"fcp_reserve_enable_p50: {p50:.3f} ms", flush=True)
