@@ -101,6 +101,11 @@ class ExchangeStream:
             raise ExchangeFailed(grpc.StatusCode.DEADLINE_EXCEEDED, error, broken=False) from None
         finally:
             del self._pending[number]
+            if answer.done() and not answer.cancelled():
+                # The stream's failure may have been set on `answer` just before this task
+                # was cancelled (the ALG shutting down): mark it seen, or asyncio logs
+                # "Future exception was never retrieved" for every such operation.
+                answer.exception()
         if response.WhichOneof("result") == "error":
             code, error = error_from_status(response.error)
             raise ExchangeFailed(code or grpc.StatusCode.UNKNOWN, error, broken=False)
