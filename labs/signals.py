@@ -100,3 +100,20 @@ def deferred_signals(signums: tuple[int, ...] = TERMINATING) -> Iterator[list[in
             signal.signal(s, original)
     if received:
         raise Interrupted(received[0])
+
+
+def terminate_like_ctrl_c() -> None:
+    """From now on SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does.
+    For a test runner: pytest finalises its fixtures on KeyboardInterrupt, so a run that is
+    stopped with `kill` (a CI timeout, an impatient engineer) still tears down its labs,
+    agents and peers; the default action would end the process at once and leave them.
+    Off the main thread this does nothing; a forked child just exits."""
+    if not _main_thread():
+        return
+    installer = os.getpid()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        _exit_if_forked(installer, signum)
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)

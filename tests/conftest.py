@@ -13,6 +13,7 @@ import os
 import pytest
 
 from labs.capability import Capability, netns_capability, tools_capability
+from labs.signals import terminate_like_ctrl_c
 
 PEER_TOOLS = ("sipp", "baresip", "kamailio")
 
@@ -30,6 +31,11 @@ def _gate(item: pytest.Item, name: str, capability: Capability) -> None:
     if _capabilities_required():
         pytest.fail(message + " (capabilities are required here)", pytrace=False)
     pytest.skip(message)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `kill <pytest>` tears the labs down as Ctrl-C does (labs.signals).
+    terminate_like_ctrl_c()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -1,5 +1,6 @@
 """`sipwall lab` as a user runs it (subprocesses): up/status/exec/capture/down leave nothing
-behind; Ctrl-C or SIGTERM during `up` leaves nothing; a killed lab is cleaned by the next."""
+behind; Ctrl-C or SIGTERM during `up` leaves nothing; a killed lab is cleaned by the next;
+a pytest run stopped with SIGTERM tears its labs down."""
 
 from __future__ import annotations
 
@@ -151,3 +152,55 @@ def test_up_refuses_over_leftovers_it_cannot_clean(monkeypatch, tmp_path: Path) 
         monkeypatch.undo()
         build.teardown(stuck)
     assert _namespaces(stuck) == []
+
+
+HELD_LAB = """
+from pathlib import Path
+import time
+
+from labs.pytest_plugin import lab_factory
+
+__all__ = ["lab_factory"]
+
+
+def test_holds_a_lab(lab_factory):
+    lab = lab_factory("basic")
+    Path({marker!r}).write_text(lab.name)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # waits for the SIGTERM the outer test sends
+        time.sleep(0.05)
+"""
+
+
+def test_sigterm_to_pytest_tears_its_labs_down(tmp_path: Path) -> None:
+    """A test run stopped with `kill` (SIGTERM) finalises its fixtures as on Ctrl-C."""
+    marker = tmp_path / "lab-name"
+    (tmp_path / "test_held.py").write_text(HELD_LAB.format(marker=str(marker)))
+    # tests/conftest.py installs the handler; the inner run uses the same one.
+    (tmp_path / "conftest.py").write_text(
+        "from labs.signals import terminate_like_ctrl_c\n\n\n"
+        "def pytest_configure(config):\n    terminate_like_ctrl_c()\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    name = None
+    try:
+        _wait(lambda: marker.exists() or run.poll() is not None, timeout=60)
+        assert marker.exists(), run.communicate()[0]
+        name = marker.read_text()
+        assert len(_namespaces(name)) == 7
+        run.send_signal(signal.SIGTERM)
+        output = run.communicate(timeout=60)[0]
+        assert run.returncode == 2, output  # pytest's "interrupted"
+        _assert_gone(name)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        if name is not None:
+            build.teardown(name)  # only does something if the test failed
