@@ -7,6 +7,8 @@ talks to the lab's network.
     {"op": "reserve", "as": ..., "group": ..., "addr": ..., "port": ..., "lifetime": ...}
     {"op": "enable", "as": ..., "binding_id": ..., "remote": ..., "remote_port": ...,
      "lifetime": ...}
+                      both answer "exchange": whether the client still sends its operations
+                      on the Exchange stream (false: it fell back to unary calls)
     {"op": "release_group", "as": ..., "group": ...}
     {"op": "get_binding", "as": ..., "binding_id": ...}
     {"op": "get_rule", "as": ..., "rule_id": ...}     -> {"rule_id", "remote_port", "packets"}
@@ -100,6 +102,7 @@ class Driver:
                 "binding_id": b.binding_id,
                 "address": str(b.external_address),
                 "ports": list(b.external_ports),
+                "exchange": client.uses_exchange,  # answered on the Exchange stream
             }
         if op == "enable":
             r = await client.enable_rule(
@@ -111,7 +114,7 @@ class Driver:
                     cmd["remote_port"],
                 )
             )
-            return {"rule_id": r.rule_id}
+            return {"rule_id": r.rule_id, "exchange": client.uses_exchange}
         if op == "release_group":
             grant = await client.release_group(cmd["group"])
             return {"bindings": grant.bindings, "rules": grant.rules}

@@ -45,6 +45,7 @@ def call_setup(lab: Any, lifetime: int = 60) -> tuple[dict[str, Any], float, flo
 def test_stream_flows_only_after_reserve_and_enable_and_stops_on_release(agent_lab: Any) -> None:
     lab, g = agent_lab, agent_lab.g
     b = lab.ok("reserve", group="c1", addr=INSIDE, port=4000, lifetime=60, **ALG)
+    assert b["exchange"]  # the real agent answered on the Exchange stream
     pub, port = b["address"], b["ports"][0]
     rx = lab.recv(g.inside, INSIDE, 4000)
     lab.send(g.outside, REMOTE, 5000, pub, port, tag="early", count=20).wait()
@@ -114,6 +115,9 @@ def test_sigkill_and_restart_lose_no_packet_and_keep_the_epoch(agent_lab: Any) -
     # The client's calls keep working (no STALE_EPOCH) and the session reports the epoch.
     assert lab.ok("get_binding", binding_id=b["binding_id"], **ALG)["packets"] >= 0
     assert lab.ok("open", **ALG) == {"epoch": epoch, "changed": False}
+    # The killed agent's Exchange stream broke; the next operation opened a new one.
+    again = lab.ok("reserve", group="c2", addr=INSIDE, port=4100, lifetime=60, **ALG)
+    assert again["exchange"]
     tx.wait(timeout=20)
     wait_until(lambda: len(rx.packets()) >= count, 10, what="every packet arrives")
     assert sorted(p.seq for p in rx.packets()) == list(range(count))

@@ -27,9 +27,18 @@ from fcp import convert
 from fcp.client import FcpClient, RetryPolicy
 from fcp.errors import FcpError, Reason
 from fcp.memory_backend import MemoryBackend
-from fcp.server import SERVICE_NAME, FcpServer
+from fcp.server import EXCHANGE_IN_FLIGHT, SERVICE_NAME, FcpServer
 from fcp.status import decode_error, error_from_status
-from fcp.types import Binding, BindingRequest, Direction, GroupLifetimeChange, RuleRequest
+from fcp.types import (
+    Binding,
+    BindingRequest,
+    Direction,
+    GroupLifetimeChange,
+    LifetimeChange,
+    LifetimeGrant,
+    LifetimeTarget,
+    RuleRequest,
+)
 from fcp.v1 import fcp_pb2 as pb
 from fcp.v1 import fcp_pb2_grpc as pb_grpc
 
@@ -125,6 +134,46 @@ async def test_concurrent_operations_share_one_stream_and_get_their_own_answers(
     )
     assert sum(g.bindings for g in grants) == len(bindings)
     assert await backend.list_bindings("alg-1") == []
+
+
+class Gathers(MemoryBackend):
+    """Holds every ChangeLifetime until EXCHANGE_IN_FLIGHT of them run at once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.running = self.peak = 0
+        self.full = asyncio.Event()
+
+    async def change_lifetime(self, owner: str, change: LifetimeChange) -> LifetimeGrant:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        if self.running >= EXCHANGE_IN_FLIGHT:
+            self.full.set()
+        await self.full.wait()
+        self.running -= 1
+        return await super().change_lifetime(owner, change)
+
+
+async def test_one_streams_operations_run_concurrently_and_past_the_limit_none_is_lost(
+    pki_dir: Path, clock: FakeClock
+) -> None:
+    backend = Gathers(make_config(), epoch=7, clock=clock)
+    async with FcpServer(backend, server_config(pki_dir)) as fcp_server:
+        client = FcpClient(
+            f"127.0.0.1:{fcp_server.port}", client_tls(pki_dir, "alg-1"), deadline=TIMEOUT
+        )
+        async with client:
+            count = EXCHANGE_IN_FLIGHT + 44
+            changes = [
+                client.change_lifetime(LifetimeChange(LifetimeTarget.BINDING, f"b-{n}", 60))
+                for n in range(count)
+            ]
+            results = await asyncio.gather(*changes, return_exceptions=True)
+            assert client.uses_exchange
+    # They ran side by side, as unary calls would (one at a time would hang here).
+    assert backend.peak == EXCHANGE_IN_FLIGHT
+    assert len(results) == count  # and every one answered (NOT_FOUND: no such binding)
+    assert all(isinstance(r, FcpError) and r.reason is Reason.NOT_FOUND for r in results)
 
 
 class Stalls(MemoryBackend):
