@@ -33,6 +33,7 @@ from alg.media.perform import AgentApi, Batched, coalesce, perform, perform_batc
 from alg.proxy import ProxyCore
 from alg.proxy_model import SIDES, Endpoint, Send, Side
 from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
+from alg.workers import spread_at_random
 from fcp.types import Event, EventKind, Session
 
 log = logging.getLogger("sipwall.alg.transport")
@@ -79,9 +80,10 @@ UDP_READ_BATCH = 32
 UDP_MAX_DATAGRAM = 65_536
 
 
-def _bound_udp_socket(host: str, port: int) -> socket.socket | None:
+def _bound_udp_socket(host: str, port: int, workers: int = 1) -> socket.socket | None:
     """A non-blocking UDP socket bound to a literal address (None for a name: asyncio
-    then resolves and binds it, and reads one datagram per wake-up)."""
+    then resolves and binds it, and reads one datagram per wake-up). With several
+    workers, one of a SO_REUSEPORT group that spreads datagrams at random (alg.workers)."""
     try:
         ((family, kind, proto, _, address),) = socket.getaddrinfo(
             host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
@@ -91,7 +93,11 @@ def _bound_udp_socket(host: str, port: int) -> socket.socket | None:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setblocking(False)
+        if workers > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
+        if workers > 1:
+            spread_at_random(sock, workers)
     except OSError:
         sock.close()
         raise
@@ -197,7 +203,7 @@ class AlgShell:
             side_config = getattr(self.config, side)
             address = (side_config.address, side_config.port)
             if "udp" in side_config.transports:
-                sock = _bound_udp_socket(*address)
+                sock = _bound_udp_socket(*address, self.config.workers)
                 if sock is None:
                     transport, _ = await self._loop.create_datagram_endpoint(
                         self._datagram_factory(side, None), local_addr=address

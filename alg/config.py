@@ -112,6 +112,9 @@ class AlgConfig:
     domains: tuple[str, ...] = ()
     inside_networks: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
     mode: str = "stateful"  # or "stateless"
+    # Stateless mode only: processes sharing the UDP ports (SO_REUSEPORT, datagrams spread
+    # at random by the kernel; alg.workers). See `check_workers` for what they need.
+    workers: int = 1
     record_route: bool = True
     max_message_size: int = DEFAULT_MAX_SIZE
     timer_c: float = 180.0
@@ -346,12 +349,16 @@ def parse_config(data: Mapping[str, Any]) -> AlgConfig:
         if not contacts or not all(isinstance(c, str) and c.startswith("sip:") for c in contacts):
             raise ConfigError(f"[users].{user} must be a sip: URI or a list of them")
         users.append(StaticUser(user, tuple(contacts)))
-    return AlgConfig(
+    workers = proxy.get("workers", 1)
+    if not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"[proxy].workers must be 1-{MAX_WORKERS}")
+    config = AlgConfig(
         inside=sides["inside"],
         outside=sides["outside"],
         domains=tuple(proxy.get("domains", ())),
         inside_networks=networks,
         mode=mode,
+        workers=workers,
         record_route=bool(proxy.get("record_route", True)),
         max_message_size=size,
         timer_c=float(proxy.get("timer_c", 180.0)),
@@ -363,6 +370,47 @@ def parse_config(data: Mapping[str, Any]) -> AlgConfig:
         syslog_facility=str(log_section.get("facility", "local0")),
         **_services(data),
     )
+    check_workers(config)
+    return config
+
+
+MAX_WORKERS = 32
+
+
+def check_workers(config: AlgConfig) -> None:
+    """Several workers only where no state has to be shared between them: each datagram
+    goes to any worker, so every worker must be able to handle any message alone."""
+    if config.workers == 1:
+        return
+    why = [
+        reason
+        for reason, refused in (
+            (
+                'mode = "stateless" (transactions and dialogs live in one process)',
+                config.mode != "stateless",
+            ),
+            (
+                'transports = ["udp"] on both sides (a TCP connection belongs to one worker)',
+                any(side.transports != ("udp",) for side in (config.inside, config.outside)),
+            ),
+            ("no [media] (calls and their bindings live in one process)", config.media.enabled),
+            (
+                "no [auth] subscribers (nonce replay checks are per process)",
+                config.auth.subscribers is not None,
+            ),
+            ("no cdr_file (a call's messages reach different workers)", config.cdr_file),
+            (
+                'for [proxy].domains, a registrar database file, not ":memory:" (the '
+                "workers share the location service)",
+                config.domains
+                and config.registrar.enabled
+                and config.registrar.database == ":memory:",
+            ),
+        )
+        if refused
+    ]
+    if why:
+        raise ConfigError(f"[proxy].workers = {config.workers} needs " + "; ".join(why))
 
 
 def load_config(path: str | Path) -> AlgConfig:

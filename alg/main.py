@@ -17,6 +17,7 @@ from alg.assemble import agent_clients, assemble
 from alg.config import AlgConfig, ConfigError, load_config
 from alg.errors import AlgError
 from alg.logsetup import LogSettings, configure_logging
+from alg.workers import supervise, worker_config
 from fcp.errors import FcpError
 
 log = logging.getLogger("sipwall.alg")
@@ -59,8 +60,18 @@ def settle_collector() -> None:
 COLLECTOR_THRESHOLDS = (10_000, 10, 100)
 
 
-async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    config_path: str,
+    ready: asyncio.Event | None = None,
+    *,
+    worker: int | None = None,
+    ready_fd: int | None = None,
+) -> None:
+    """Run the ALG until SIGTERM/SIGINT. `worker`: this is worker `worker` of a
+    supervisor (alg.workers), which learns of readiness from `ready_fd`."""
     config = load_config(config_path)
+    if worker is not None:
+        config = worker_config(config, worker)
     configure_logging(log_settings(config))
     services = assemble(config)
     core = services.core
@@ -110,7 +121,13 @@ async def serve(config_path: str, ready: asyncio.Event | None = None) -> None:
     log.info("sipwall alg running (%s mode)", config.mode)
     if ready is not None:
         ready.set()
-    print("sipwall alg: ready", flush=True)  # readiness line for supervisors and labs
+    if worker is None:
+        print("sipwall alg: ready", flush=True)  # readiness line for supervisors and labs
+    else:
+        log.info("worker %d (pid %d) ready", worker, os.getpid())
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
     try:
         await stop.wait()
     finally:
@@ -134,6 +151,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sipwall alg", description=__doc__)
     parser.add_argument("--config", required=True, help="path to alg.toml")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    # set by the supervisor of [proxy] workers (alg.workers), not by hand
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -148,8 +168,10 @@ def main(argv: list[str]) -> int:
     if args.check:
         print(f"sipwall alg: {args.config} is valid ({config.mode} mode)")
         return 0
+    if config.workers > 1 and args.worker is None:
+        return supervise(args.config, config)
     try:
-        asyncio.run(serve(args.config))
+        asyncio.run(serve(args.config, worker=args.worker, ready_fd=args.ready_fd))
     except OSError as exc:
         print(f"sipwall alg: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,8 @@ Proxies, one after the other in the gw namespace:
                      `kamailio -n 2 -x tlsf -X tlsf -m 2048 -DD -E -P <pidfile>`
   sipwall-stateful   `python -m sipwall alg` (one process), [proxy] mode = "stateful"
   sipwall-stateless  the same with mode = "stateless"
+  sipwall-stateless-2w  stateless with [proxy] workers = 2: a supervisor and two worker
+                     processes sharing the UDP ports (alg.workers)
 
 sipwall config: inside 10.77.0.1:5060, outside 203.0.113.1:5060, udp only, inside_networks
 10.77.0.0/24, log level WARNING; the R-URI sip:service@203.0.113.20:5060 is routed by its
@@ -63,6 +65,7 @@ PROXIES: dict[str, Callable[[ProxyLab], Proxy]] = {
     "kamailio": proxy_lab.start_kamailio,
     "sipwall-stateful": lambda pl: proxy_lab.start_sipwall(pl, "stateful"),
     "sipwall-stateless": lambda pl: proxy_lab.start_sipwall(pl, "stateless"),
+    "sipwall-stateless-2w": lambda pl: proxy_lab.start_sipwall(pl, "stateless", workers=2),
 }
 LADDER = (100, 200, 400, 800, 1600, 3200, 6400, 12800)
 REFINE = 3  # steps between the last pass and the first failure

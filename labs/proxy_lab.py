@@ -278,7 +278,7 @@ def start_kamailio(pl: ProxyLab, children: int = 2, shm_mb: int = 2048) -> Proxy
     return Proxy("kamailio", proc, log, main_pid)
 
 
-def sipwall_config(mode: str) -> str:
+def sipwall_config(mode: str, workers: int = 1) -> str:
     return f"""\
 [inside]
 address = "{GW_INSIDE}"
@@ -292,6 +292,7 @@ transports = ["udp"]
 
 [proxy]
 mode = "{mode}"
+workers = {workers}
 inside_networks = ["10.77.0.0/24"]
 
 [log]
@@ -299,11 +300,13 @@ level = "WARNING"
 """
 
 
-def start_sipwall(pl: ProxyLab, mode: str) -> Proxy:
-    """`python -m sipwall alg --config alg.toml` (one process) in the given mode."""
-    config = pl.workdir / f"alg-{mode}.toml"
-    config.write_text(sipwall_config(mode))
-    log = pl.workdir / f"sipwall-{mode}.log"
+def start_sipwall(pl: ProxyLab, mode: str, workers: int = 1) -> Proxy:
+    """`python -m sipwall alg --config alg.toml` in the given mode: one process, or a
+    supervisor and its `workers` (stateless only, alg.workers)."""
+    name = f"sipwall-{mode}" + (f"-{workers}w" if workers > 1 else "")
+    config = pl.workdir / f"alg-{name}.toml"
+    config.write_text(sipwall_config(mode, workers))
+    log = pl.workdir / f"{name}.log"
     offset = log.stat().st_size if log.exists() else 0  # a restart appends to the log
     argv = [sys.executable, "-m", "sipwall", "alg", "--config", str(config)]
     proc = spawn_logged(pl.lab, pl.gw, argv, log)
@@ -317,7 +320,7 @@ def start_sipwall(pl: ProxyLab, mode: str) -> Proxy:
         what="sipwall alg ready",
     )
     wait_listening(pl, proc, pl.gw, (GW_INSIDE, GW_OUTSIDE), log)
-    return Proxy(f"sipwall-{mode}", proc, log, proc.pid)
+    return Proxy(name, proc, log, proc.pid)
 
 
 # -- sipp --------------------------------------------------------------------------------
