@@ -25,6 +25,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Protocol, runtime_checkable
 
+from alg.affinity import Affinity
 from alg.cdr import Cdr
 from alg.config import AlgConfig
 from alg.media.actions import AgentAction
@@ -183,12 +184,16 @@ class AlgShell:
         on_calls: Callable[[list[Cdr]], None] | None = None,
         lookup: Callable[[str], Awaitable[None]] | None = None,
         agents: Mapping[str, AgentApi] | None = None,
+        *,
+        affinity: Affinity | None = None,
     ) -> None:
         self.config = config
         self.core = core
         self.on_calls = on_calls  # finished call records (CDRs), written by the caller
         self.lookup = lookup  # RFC 3263 resolution of a URI into the router's cache
         self.agents = agents or {}  # FCP clients by agent name, for the media core
+        # a stateful worker of several: calls owned by other workers are handed over
+        self.affinity = affinity
         self.udp: dict[Side, asyncio.DatagramTransport] = {}
         self.servers: list[asyncio.Server] = []
         self.connections: dict[int, _Stream] = {}
@@ -220,6 +225,8 @@ class AlgShell:
                 )
                 self.servers.append(server)
             log.info("listening on %s %s:%d %s", side, *address, side_config.transports)
+        if self.affinity is not None:
+            await self.affinity.start(self.deliver)
         self._start_agent_watches()
 
     # --- agent event streams (one task per agent) ------------------------------------
@@ -272,7 +279,14 @@ class AlgShell:
         self._after_core()
 
     def _datagram_factory(self, side: Side, sock: socket.socket | None) -> Callable[[], _Datagrams]:
-        return lambda: _Datagrams(side, self.deliver, sock)
+        affinity = self.affinity
+        if affinity is None:
+            return lambda: _Datagrams(side, self.deliver, sock)
+
+        def route(data: bytes, source: Endpoint) -> None:
+            affinity.route(data, source, self.deliver)
+
+        return lambda: _Datagrams(side, route, sock)
 
     def _stream_factory(self, side: Side) -> Callable[[], _Stream]:
         return lambda: _Stream(self, side, next(self._numbers))
@@ -280,6 +294,8 @@ class AlgShell:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self.affinity is not None:
+            self.affinity.close()
         for transport in self.udp.values():
             transport.close()
         for server in self.servers:

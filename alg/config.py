@@ -378,17 +378,14 @@ MAX_WORKERS = 32
 
 
 def check_workers(config: AlgConfig) -> None:
-    """Several workers only where no state has to be shared between them: each datagram
-    goes to any worker, so every worker must be able to handle any message alone."""
+    """Several workers only where no state has to be shared between them: a stateless
+    worker handles any message alone; a stateful one owns the calls whose Call-ID hashes
+    to it (alg.affinity), and what is not per call cannot be shared."""
     if config.workers == 1:
         return
     why = [
         reason
         for reason, refused in (
-            (
-                'mode = "stateless" (transactions and dialogs live in one process)',
-                config.mode != "stateless",
-            ),
             (
                 'transports = ["udp"] on both sides (a TCP connection belongs to one worker)',
                 any(side.transports != ("udp",) for side in (config.inside, config.outside)),

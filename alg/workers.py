@@ -1,16 +1,18 @@
-"""`[proxy] workers = N`: N stateless proxy processes serving the same UDP ports.
+"""`[proxy] workers = N`: N proxy processes serving the same UDP ports.
 
 One Python process uses one core; a stateless proxy keeps no state between messages, so
-several processes can share its ports. Each worker is `sipwall alg --config X --worker I`
-and binds its UDP sockets with SO_REUSEPORT (socket(7)): the kernel then gives every
-datagram to one socket of the group. Its default choice hashes the 4-tuple, which would
-pin a trunk or a load generator (one address and port for all its calls) to one worker,
-so a worker attaches a classic BPF program to the group (SO_ATTACH_REUSEPORT_CBPF) that
-picks a socket at random: `ld rand; mod N; ret a` (an index past the sockets that exist,
-while a worker restarts, falls back to the hash). `alg.config.check_workers` refuses what
-would need shared state (transactions, TCP connections, media, nonces, CDRs, an in-memory
-location service); per-source rate limits are divided among the workers, since each sees
-1/N of every source's requests.
+several processes can share its ports, and a stateful one keeps state per call only, so
+each worker can own the calls whose Call-ID hashes to it (alg.affinity). Each worker is
+`sipwall alg --config X --worker I` and binds its UDP sockets with SO_REUSEPORT
+(socket(7)): the kernel then gives every datagram to one socket of the group. Its
+default choice hashes the 4-tuple, which would pin a trunk or a load generator (one
+address and port for all its calls) to one worker, so a worker attaches a classic BPF
+program to the group (SO_ATTACH_REUSEPORT_CBPF) that picks a socket at random: `ld rand;
+mod N; ret a` (an index past the sockets that exist, while a worker restarts, falls back
+to the hash). `alg.config.check_workers` refuses what would need state shared beyond a
+call (TCP connections, media, nonces, CDRs, an in-memory location service); per-source
+rate limits are divided among the workers, since each sees 1/N of every source's
+requests (or calls).
 
 The supervisor (`supervise`) is the process `sipwall alg` started: it starts the workers,
 prints the readiness line when each has said it is ready, writes the pid file, forwards
@@ -150,7 +152,7 @@ class Supervisor:
         if self.config.pid_file:
             Path(self.config.pid_file).write_text(f"{os.getpid()}\n")
         pids = ", ".join(str(w.process.pid) for w in started)
-        log.info("sipwall alg: %d stateless workers (pids %s)", len(started), pids)
+        log.info("sipwall alg: %d %s workers (pids %s)", len(started), self.config.mode, pids)
         print("sipwall alg: ready", flush=True)  # readiness line for supervisors and labs
         try:
             return self._serve()

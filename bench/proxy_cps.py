@@ -13,6 +13,8 @@ Proxies, one after the other in the gw namespace:
   sipwall-stateless  the same with mode = "stateless"
   sipwall-stateless-2w  stateless with [proxy] workers = 2: a supervisor and two worker
                      processes sharing the UDP ports (alg.workers)
+  sipwall-stateful-2w   stateful with [proxy] workers = 2: each worker owns the calls
+                     whose Call-ID hashes to it and hands the others over (alg.affinity)
 
 sipwall config: inside 10.77.0.1:5060, outside 203.0.113.1:5060, udp only, inside_networks
 10.77.0.0/24, log level WARNING; the R-URI sip:service@203.0.113.20:5060 is routed by its
@@ -42,8 +44,10 @@ peerdrop = UDP datagrams dropped on full socket receive buffers (RcvbufErrors) i
 namespace and in the uac + uas namespaces; us/call = proxy CPU per call; logerr = new
 WARNING/ERROR/Traceback lines in the proxy's output.
 
-    python bench/proxy_cps.py                  # ~8-10 min, stops itself by 15; LAST line:
+    python bench/proxy_cps.py                  # ~15-20 min; LAST line (one process):
                                                #   proxy_cps_stateful_vs_kamailio: <pct> %
+                                               # before it the same for stateless, and for
+                                               # both with 2 workers (Kamailio runs -n 2)
     python bench/proxy_cps.py --quick --proxies sipwall-stateful   # smoke: 50 cps, 3 s
 """
 
@@ -66,6 +70,7 @@ PROXIES: dict[str, Callable[[ProxyLab], Proxy]] = {
     "sipwall-stateful": lambda pl: proxy_lab.start_sipwall(pl, "stateful"),
     "sipwall-stateless": lambda pl: proxy_lab.start_sipwall(pl, "stateless"),
     "sipwall-stateless-2w": lambda pl: proxy_lab.start_sipwall(pl, "stateless", workers=2),
+    "sipwall-stateful-2w": lambda pl: proxy_lab.start_sipwall(pl, "stateful", workers=2),
 }
 LADDER = (100, 200, 400, 800, 1600, 3200, 6400, 12800)
 REFINE = 3  # steps between the last pass and the first failure
@@ -146,6 +151,12 @@ def summary(results: dict[str, list[Step]]) -> list[str]:
             else f"{key}_cpu_us_per_call: n/a"
         )
     kam, sw = best(results.get("kamailio", [])), best(results.get("sipwall-stateful", []))
+    for name in ("sipwall-stateless", "sipwall-stateless-2w", "sipwall-stateful-2w"):
+        if "kamailio" in results and name in results and kam:
+            top = best(results[name])
+            pct = 100 * (top.rate if top else 0) / kam.rate
+            lines.append(f"proxy_cps_{name.removeprefix('sipwall-').replace('-', '_')}"
+                         f"_vs_kamailio: {pct:.1f} %")  # fmt: skip
     if "kamailio" in results and "sipwall-stateful" in results and kam:
         pct = 100 * (sw.rate if sw else 0) / kam.rate
         lines.append(f"proxy_cps_stateful_vs_kamailio: {pct:.1f} %")

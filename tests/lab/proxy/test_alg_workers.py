@@ -1,7 +1,8 @@
 """`[proxy] workers = 2` (alg.workers) in the namespace proxy lab: the kernel spreads one
 source's datagrams over both workers, SIGUSR1 reaches each, a killed worker is started
-again and the proxy keeps forwarding, SIGTERM stops every process, and a configuration
-that needs shared state is refused before anything starts.
+again and the proxy keeps forwarding, SIGTERM stops every process; stateful workers keep
+every message of a call in the worker that owns it (alg.affinity), retransmissions
+included; a configuration that needs shared state is refused before anything starts.
 
     uac (10.77.0.10, a probe) -- gw (10.77.0.1 | 203.0.113.1, sipwall) -- uas (a counter)
 """
@@ -48,6 +49,7 @@ COUNTER = r"""
 import socket, sys, time
 uas, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: the burst must all fit
 s.bind((uas, port))
 print("listening", flush=True)
 s.settimeout(0.5)
@@ -64,8 +66,8 @@ print(len(seen), flush=True)
 """
 
 
-def config(workdir: Path) -> Path:
-    text = proxy_lab.sipwall_config("stateless", workers=2)
+def config(workdir: Path, mode: str) -> Path:
+    text = proxy_lab.sipwall_config(mode, workers=2)
     path = workdir / "alg-workers.toml"
     path.write_text(text + f'\n[files]\nstats = "{workdir / "stats.json"}"\n')
     return path
@@ -77,9 +79,9 @@ def lab(tmp_path: Path) -> Iterator[ProxyLab]:
         yield pl
 
 
-def start(pl: ProxyLab) -> Proxy:
+def start(pl: ProxyLab, mode: str = "stateless") -> Proxy:
     log = pl.workdir / "alg.log"
-    argv = [sys.executable, "-m", "sipwall", "alg", "--config", str(config(pl.workdir))]
+    argv = [sys.executable, "-m", "sipwall", "alg", "--config", str(config(pl.workdir, mode))]
     proc = proxy_lab.spawn_logged(pl.lab, pl.gw, argv, log)
     wait_until(
         lambda: "sipwall alg: ready" in log.read_text() or proc.poll() is not None,
@@ -117,14 +119,18 @@ def workers_of(proxy: Proxy) -> list[int]:
     return [pid for pid in proxy.pids() if pid != proxy.main_pid]
 
 
-def options_per_worker(pl: ProxyLab, proxy: Proxy) -> list[int]:
+def counters(pl: ProxyLab, proxy: Proxy) -> list[dict[str, int]]:
     """SIGUSR1 to the supervisor; each worker writes stats.worker<I>.json."""
     files = [pl.workdir / f"stats.worker{i}.json" for i in range(2)]
     for path in files:
         path.unlink(missing_ok=True)
     os.kill(proxy.main_pid, signal.SIGUSR1)
     wait_until(lambda: all(p.exists() for p in files), timeout=10, what="counters written")
-    return [json.loads(p.read_text())["proxy"].get("request.OPTIONS", 0) for p in files]
+    return [json.loads(p.read_text())["proxy"] for p in files]
+
+
+def options_per_worker(pl: ProxyLab, proxy: Proxy) -> list[int]:
+    return [c.get("request.OPTIONS", 0) for c in counters(pl, proxy)]
 
 
 def test_two_workers_share_one_source_and_survive_a_killed_worker(lab: ProxyLab) -> None:
@@ -156,9 +162,36 @@ def test_two_workers_share_one_source_and_survive_a_killed_worker(lab: ProxyLab)
     )
 
 
+@pytest.mark.peers
+def test_stateful_workers_keep_each_call_whole_under_loss(lab: ProxyLab) -> None:
+    """sipp loses 5 % of what it sends and receives, so INVITEs, BYEs and responses are
+    retransmitted; every message of a call must reach the worker holding its
+    transactions, whichever worker the kernel gave it to."""
+    proxy = start(lab, "stateful")
+    uas = proxy_lab.spawn_logged(
+        lab.lab, lab.uas, proxy_lab.sipp_uas_argv(lab.workdir / "uas.csv"), lab.workdir / "uas"
+    )
+    stat = lab.workdir / "uac.csv"
+    argv = proxy_lab.sipp_uac_argv(60, 300, stat, lab.workdir / "uac.err", pause_ms=200)
+    uac = proxy_lab.spawn_logged(lab.lab, lab.uac, [*argv, "-lost", "5"], lab.workdir / "uac")
+    assert uac.wait(90) == 0, (lab.workdir / "uac").read_text()[-2000:]
+    uas.terminate()
+    stats = proxy_lab.SippStats.read(stat)
+    assert (stats.last("SuccessfulCall(C)"), stats.last("FailedCall(C)")) == (300, 0)
+    assert stats.last("Retransmissions(C)") > 0  # the loss did cause retransmissions
+    per_worker = counters(lab, proxy)
+    for mine in per_worker:  # both own calls, and both hand calls to the other
+        assert mine.get("request.INVITE", 0) >= 60, per_worker
+        assert mine.get("affinity.handed_off", 0) > 0 and mine.get("affinity.taken_over", 0) > 0
+    assert sum(c.get("affinity.dropped", 0) for c in per_worker) == 0
+
+
 def test_workers_needing_shared_state_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "alg.toml"
-    path.write_text(proxy_lab.sipwall_config("stateful", workers=2))
+    tcp = 'transports = ["udp", "tcp"]'
+    path.write_text(
+        proxy_lab.sipwall_config("stateful", workers=2).replace('transports = ["udp"]', tcp, 1)
+    )
     done = subprocess.run(
         [sys.executable, "-m", "sipwall", "alg", "--config", str(path)],
         capture_output=True,
@@ -167,4 +200,5 @@ def test_workers_needing_shared_state_are_refused(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert 'workers = 2 needs mode = "stateless"' in done.stderr
+    assert "workers = 2 needs" in done.stderr
+    assert "a TCP connection belongs to one worker" in done.stderr

@@ -1,4 +1,5 @@
-"""`[proxy] workers` (alg.workers): accepted only where no state must be shared, and what
+"""`[proxy] workers` (alg.workers): accepted only where no state must be shared beyond a
+call's (alg.affinity), and what
 each worker runs with (its counters file, no pid file, its share of the rate limits)."""
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ def parse(proxy: str = 'mode = "stateless"', extra: str = "") -> AlgConfig:
     return parse_config(tomllib.loads(BASE.format(proxy=proxy, extra=extra)))
 
 
-def test_stateless_udp_without_shared_services_may_have_workers() -> None:
+def test_udp_without_shared_services_may_have_workers_stateless_or_stateful() -> None:
     assert parse().workers == 3
+    stateful = parse('mode = "stateful"')
+    assert (stateful.mode, stateful.workers) == ("stateful", 3)
 
 
 @pytest.mark.parametrize(
     ("proxy", "extra", "needs"),
     [
-        ('mode = "stateful"', "", 'mode = "stateless"'),
         (STATELESS, "[files]\ncdr = 'cdr.jsonl'", "no cdr_file"),
         (STATELESS, "[auth]\nsubscribers = 'subs.db'", "no [auth] subscribers"),
         (STATELESS + '\ndomains = ["example.com"]', "", 'file, not ":memory:"'),
