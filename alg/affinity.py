@@ -51,7 +51,12 @@ def owner(data: bytes, workers: int) -> int | None:
     if match is None:
         return None
     call_id = match.group(1).strip()
-    return zlib.crc32(call_id) % workers if call_id else None
+    if not call_id:
+        return None
+    # crc32 is linear: its low bits may follow a few characters of a UA's sequential
+    # Call-IDs. Multiplying by 2^32/phi (Knuth's multiplicative hashing) and keeping the
+    # high half mixes every bit into the ones `% workers` reads.
+    return (((zlib.crc32(call_id) * 0x9E3779B1) & 0xFFFFFFFF) >> 16) % workers
 
 
 def handoff_address(group: int, index: int) -> str:
