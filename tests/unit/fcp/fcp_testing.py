@@ -6,7 +6,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from fcp.client import ClientTls, FcpClient
+from fcp.client import ClientTls, FcpClient, RetryPolicy
 from fcp.memory_backend import MemoryBackendConfig
 from fcp.server import ServerConfig, ServerTls
 from fcp.types import (
@@ -75,3 +75,19 @@ def client_tls(pki_dir: Path, identity: str) -> ClientTls:
 
 
 ClientFactory = Callable[..., Awaitable[FcpClient]]
+
+
+def reconnecting_client(port: int, pki_dir: Path, **kwargs: object) -> FcpClient:
+    """A client that outlives its agent: retries long enough, and reconnects within
+    0.2 s, for a test that stops the server and starts another on the same port."""
+    return FcpClient(
+        f"127.0.0.1:{port}",
+        client_tls(pki_dir, "alg-1"),
+        retry=RetryPolicy(attempts=40, initial_backoff=0.02, max_backoff=0.2),
+        channel_options=[
+            ("grpc.initial_reconnect_backoff_ms", 50),
+            ("grpc.min_reconnect_backoff_ms", 50),
+            ("grpc.max_reconnect_backoff_ms", 200),
+        ],
+        **kwargs,  # type: ignore[arg-type]
+    )

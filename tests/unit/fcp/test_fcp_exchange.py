@@ -20,6 +20,7 @@ from fcp_testing import (
     client_tls,
     make_config,
     pair,
+    reconnecting_client,
     server_config,
 )
 
@@ -235,16 +236,7 @@ async def test_stopping_the_agent_ends_the_stream_and_the_client_reconnects(
     first = FcpServer(MemoryBackend(make_config(), epoch=1, clock=clock), server_config(pki_dir))
     await first.start()
     port = first.port
-    client = FcpClient(
-        f"127.0.0.1:{port}",
-        client_tls(pki_dir, "alg-1"),
-        retry=RetryPolicy(attempts=40, initial_backoff=0.02, max_backoff=0.2),
-        channel_options=[
-            ("grpc.initial_reconnect_backoff_ms", 50),
-            ("grpc.min_reconnect_backoff_ms", 50),
-            ("grpc.max_reconnect_backoff_ms", 200),
-        ],
-    )
+    client = reconnecting_client(port, pki_dir)
     second: FcpServer | None = None
     try:
         await client.reserve_binding(pair("a", 40000))

@@ -13,7 +13,15 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from fcp_testing import ALLOWED, ClientFactory, FakeClock, client_tls, make_config, server_config
+from fcp_testing import (
+    ALLOWED,
+    ClientFactory,
+    FakeClock,
+    client_tls,
+    make_config,
+    reconnecting_client,
+    server_config,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -366,16 +374,8 @@ async def test_client_detects_epoch_change_when_agent_restarts(
     first = FcpServer(MemoryBackend(make_config(), epoch=111, clock=clock), server_config(pki_dir))
     await first.start()
     port = first.port
-    client = FcpClient(
-        f"127.0.0.1:{port}",
-        client_tls(pki_dir, "alg-1"),
-        retry=RetryPolicy(attempts=40, initial_backoff=0.02, max_backoff=0.2),
-        on_epoch_change=lambda old, new: seen.append((old, new)),
-        channel_options=[
-            ("grpc.initial_reconnect_backoff_ms", 50),
-            ("grpc.min_reconnect_backoff_ms", 50),
-            ("grpc.max_reconnect_backoff_ms", 200),
-        ],
+    client = reconnecting_client(
+        port, pki_dir, on_epoch_change=lambda old, new: seen.append((old, new))
     )
     second: FcpServer | None = None
     try:
