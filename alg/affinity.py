@@ -149,27 +149,32 @@ class _Link:
 
 class Affinity:
     """Worker `index` of `workers` in group `group`: `route` each received datagram to
-    its owner; what other workers hand us goes to `deliver` (given to `start`)."""
+    its owner; ours, and what other workers hand us once `start` listens, go to
+    `deliver`."""
 
-    def __init__(self, group: int, index: int, workers: int, stats: Counter[str]) -> None:
+    def __init__(
+        self,
+        group: int,
+        index: int,
+        workers: int,
+        stats: Counter[str],
+        deliver: Callable[[bytes, Endpoint], None],
+    ) -> None:
         self.group, self.index, self.workers = group, index, workers
         self.stats = stats  # the core's: the counts land in the stats file
+        self.deliver = deliver
         self._links: dict[int, _Link] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._deliver: Callable[[bytes, Endpoint], None] | None = None
 
-    async def start(self, deliver: Callable[[bytes, Endpoint], None]) -> None:
-        self._deliver = deliver
+    async def start(self) -> None:
         self._server = await asyncio.get_running_loop().create_unix_server(
             lambda: _Inbound(self), handoff_address(self.group, self.index)
         )
 
-    def route(
-        self, data: bytes, source: Endpoint, deliver: Callable[[bytes, Endpoint], None]
-    ) -> None:
+    def route(self, data: bytes, source: Endpoint) -> None:
         target = owner(data, self.workers)
         if target is None or target == self.index:
-            deliver(data, source)
+            self.deliver(data, source)
             return
         link = self._links.get(target)
         if link is None:
@@ -188,8 +193,7 @@ class Affinity:
             log.warning("bad hand-off frame of %d bytes ignored", len(frame))
             return
         self.stats["affinity.taken_over"] += 1
-        if self._deliver is not None:
-            self._deliver(data, source)
+        self.deliver(data, source)
 
     def lost(self, link: _Link, frames: int, exc: OSError | None) -> None:
         """The connection to a peer failed or closed: forget it (the next hand-off opens

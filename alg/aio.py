@@ -185,15 +185,20 @@ class AlgShell:
         lookup: Callable[[str], Awaitable[None]] | None = None,
         agents: Mapping[str, AgentApi] | None = None,
         *,
-        affinity: Affinity | None = None,
+        worker: tuple[int, int] | None = None,
     ) -> None:
         self.config = config
         self.core = core
         self.on_calls = on_calls  # finished call records (CDRs), written by the caller
         self.lookup = lookup  # RFC 3263 resolution of a URI into the router's cache
         self.agents = agents or {}  # FCP clients by agent name, for the media core
-        # a stateful worker of several: calls owned by other workers are handed over
-        self.affinity = affinity
+        # worker (group, index) of several, stateful: calls owned by other workers are
+        # handed over (alg.affinity)
+        self.affinity = (
+            Affinity(*worker, config.workers, core.stats, self.deliver)
+            if worker is not None and config.mode == "stateful"
+            else None
+        )
         self.udp: dict[Side, asyncio.DatagramTransport] = {}
         self.servers: list[asyncio.Server] = []
         self.connections: dict[int, _Stream] = {}
@@ -204,6 +209,8 @@ class AlgShell:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        if self.affinity is not None:  # listening before any datagram can be handed to us
+            await self.affinity.start()
         for side in SIDES:
             side_config = getattr(self.config, side)
             address = (side_config.address, side_config.port)
@@ -225,8 +232,6 @@ class AlgShell:
                 )
                 self.servers.append(server)
             log.info("listening on %s %s:%d %s", side, *address, side_config.transports)
-        if self.affinity is not None:
-            await self.affinity.start(self.deliver)
         self._start_agent_watches()
 
     # --- agent event streams (one task per agent) ------------------------------------
@@ -279,14 +284,8 @@ class AlgShell:
         self._after_core()
 
     def _datagram_factory(self, side: Side, sock: socket.socket | None) -> Callable[[], _Datagrams]:
-        affinity = self.affinity
-        if affinity is None:
-            return lambda: _Datagrams(side, self.deliver, sock)
-
-        def route(data: bytes, source: Endpoint) -> None:
-            affinity.route(data, source, self.deliver)
-
-        return lambda: _Datagrams(side, route, sock)
+        deliver = self.deliver if self.affinity is None else self.affinity.route
+        return lambda: _Datagrams(side, deliver, sock)
 
     def _stream_factory(self, side: Side) -> Callable[[], _Stream]:
         return lambda: _Stream(self, side, next(self._numbers))

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from alg.affinity import Affinity
 from alg.aio import AlgShell
 from alg.assemble import agent_clients, assemble
 from alg.config import AlgConfig, ConfigError, load_config
@@ -85,17 +84,14 @@ async def serve(
             log.info("agent %s: epoch %s", name, session.epoch)
         except FcpError as exc:  # not fatal: the breaker keeps new calls off it
             log.warning("agent %s not reachable yet: %s", name, exc)
-    affinity = None
-    if worker is not None and config.mode == "stateful":
-        # the supervisor is our parent: its pid names our group's hand-off sockets
-        affinity = Affinity(os.getppid(), worker, config.workers, core.stats)
     shell = AlgShell(
         config,
         core,
         on_calls=lambda calls: services.write_calls(calls, wall_offset),
         lookup=lambda uri: services.resolve(uri, loop.time),
         agents=clients,
-        affinity=affinity,
+        # the supervisor is our parent: its pid names our group's hand-off sockets
+        worker=None if worker is None else (os.getppid(), worker),
     )
     await shell.start()
     settle_collector()

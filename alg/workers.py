@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -98,7 +98,6 @@ class _Worker:
     index: int
     process: subprocess.Popen[bytes]
     ready: int  # read end of the pipe the worker writes "ready" to
-    started: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:

@@ -72,20 +72,21 @@ async def until(condition: Callable[[], bool]) -> None:
 async def test_datagrams_owned_by_another_worker_are_handed_over_whole_and_in_order() -> None:
     group = os.getpid()
     stats: Counter[str] = Counter()
-    first, second = Affinity(group, 0, 2, stats), Affinity(group, 1, 2, stats)
     here: list[tuple[bytes, Endpoint]] = []
     there: list[tuple[bytes, Endpoint]] = []
-    await first.start(lambda d, s: here.append((d, s)))
-    await second.start(lambda d, s: there.append((d, s)))
+    first = Affinity(group, 0, 2, stats, lambda d, s: here.append((d, s)))
+    second = Affinity(group, 1, 2, stats, lambda d, s: there.append((d, s)))
+    await first.start()
+    await second.start()
     try:
         source = Endpoint("inside", "UDP", "10.77.0.10", 5060)
         mine, theirs = owned_by(0), owned_by(1)
-        first.route(mine, source, lambda d, s: here.append((d, s)))
+        first.route(mine, source)
         assert here == [(mine, source)]  # its own call: delivered in place, at once
         # a burst, larger than any datagram queue would hold (max_dgram_qlen is 10)
         burst = [theirs.replace(b"z9hG4bK-1", b"z9hG4bK-%d" % n) for n in range(500)]
         for data in burst:
-            first.route(data, source, lambda d, s: here.append((d, s)))
+            first.route(data, source)
         await until(lambda: len(there) == len(burst))
         assert there == [(data, source) for data in burst]
         assert stats == Counter({"affinity.handed_off": 500, "affinity.taken_over": 500})
@@ -97,10 +98,10 @@ async def test_datagrams_owned_by_another_worker_are_handed_over_whole_and_in_or
 @pytest.mark.asyncio
 async def test_a_hand_off_to_a_worker_that_is_not_there_is_a_counted_drop() -> None:
     stats: Counter[str] = Counter()
-    alone = Affinity(os.getpid(), 0, 2, stats)
-    await alone.start(lambda d, s: None)
+    alone = Affinity(os.getpid(), 0, 2, stats, lambda d, s: None)
+    await alone.start()
     try:
-        alone.route(owned_by(1), Endpoint("inside", "UDP", "10.77.0.10", 5060), print)
+        alone.route(owned_by(1), Endpoint("inside", "UDP", "10.77.0.10", 5060))
         await until(lambda: stats["affinity.dropped"] == 1)
     finally:
         alone.close()
