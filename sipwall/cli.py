@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from sipwall import __version__
+from sipwall import __version__, compiled
 
 # subcommand -> (module, summary). The module must define `main(argv: list[str]) -> int`.
 SUBCOMMANDS: Final[dict[str, tuple[str, str]]] = {
@@ -40,6 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if entry is None:
         print(f"sipwall: unknown command {args[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    old = compiled.stale()
+    if old:
+        print(
+            f"sipwall: WARNING: compiled modules are older than their source ({', '.join(old)})"
+            ": running the OLD code; run `make compiled`",
+            file=sys.stderr,
+        )
     module_name, _ = entry
     try:
         module = importlib.import_module(module_name)

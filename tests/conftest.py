@@ -1,5 +1,12 @@
 """Test-suite wide configuration: capability gates for namespace/kernel/peer tests.
 
+The hot-path modules run compiled (sipwall.compiled) once `make compiled` built them; with
+SIPWALL_INTERPRETED=1 they are imported from source instead (`make test` runs the unit
+tests both ways). A stale build stops the session: it would test old code. A test marked
+`interpreted_only` looks inside those modules (monkeypatching one of their functions,
+subclassing one of their classes, handing them duck-typed stand-ins), which compiled
+code does not allow: it runs in the interpreted pass and is skipped in the compiled one.
+
 A test marked `netns`/`kernel` runs when the capability probe says the machine can create
 namespaces and nftables tables; `peers` when the real SIP peers are installed. Where a
 capability is required (CI, or SIPWALL_REQUIRE_CAPABILITIES=1) a missing one is an error,
@@ -9,6 +16,11 @@ never a skip: a skipped test proves nothing.
 from __future__ import annotations
 
 import os
+
+from sipwall import compiled
+
+if os.environ.get("SIPWALL_INTERPRETED", "") not in {"", "0"}:
+    compiled.use_interpreted()  # before any test module imports the hot-path modules
 
 import pytest
 
@@ -36,9 +48,21 @@ def _gate(item: pytest.Item, name: str, capability: Capability) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # `kill <pytest>` tears the labs down as Ctrl-C does (labs.signals).
     terminate_like_ctrl_c()
+    old = compiled.stale()
+    if old:
+        raise pytest.UsageError(
+            f"compiled modules older than their source: {', '.join(old)}; run `make compiled`"
+            " (or `python -m sipwall.compiled clean` to test interpreted)"
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "hot-path modules: " + ("compiled (mypyc)" if compiled.active() else "interpreted")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("interpreted_only") and compiled.active():
+        pytest.skip("looks inside the compiled hot-path modules; runs in the interpreted pass")
     if item.get_closest_marker("netns") or item.get_closest_marker("kernel"):
         _gate(item, "netns", netns_capability())
     if item.get_closest_marker("peers"):

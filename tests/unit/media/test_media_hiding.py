@@ -202,6 +202,7 @@ class CountingTokens(TokenTable):
         return super().restore(token, now, kind)
 
 
+@pytest.mark.interpreted_only  # subclasses the compiled TokenTable to count tries
 def test_an_inbound_message_gets_a_bounded_number_of_token_tries() -> None:
     """A real message carries a handful of tokens; a hostile one packed with candidates
     may not make us decrypt thousands (each try is a base32 decoding and an AES-SIV

@@ -43,6 +43,7 @@ def _core() -> ProxyCore:
     return ProxyCore(config(), StaticRouter({"bob": [BOB]}))
 
 
+@pytest.mark.interpreted_only  # counts calls inside compiled code / duck-typed owners
 def test_an_answered_call_never_parses_its_forwarded_invite(branch_parses: list[bytes]) -> None:
     core = _core()
     (forwarded,) = sent_to(core.receive(invite(), ALICE, 0.0), BOB)
@@ -52,6 +53,7 @@ def test_an_answered_call_never_parses_its_forwarded_invite(branch_parses: list[
     assert branch_parses == []
 
 
+@pytest.mark.interpreted_only  # counts calls inside compiled code / duck-typed owners
 def test_the_ack_of_a_failure_parses_the_forwarded_invite_once(branch_parses: list[bytes]) -> None:
     core = _core()
     (forwarded,) = sent_to(core.receive(invite(), ALICE, 0.0), BOB)
@@ -64,6 +66,7 @@ def test_the_ack_of_a_failure_parses_the_forwarded_invite_once(branch_parses: li
         assert str(sent.request_uri) == str(forwarded.request_uri) and sent.to.tag == "b1"
 
 
+@pytest.mark.interpreted_only  # counts calls inside compiled code / duck-typed owners
 def test_cancel_copies_the_forwarded_invite(branch_parses: list[bytes]) -> None:
     core = _core()
     (forwarded,) = sent_to(core.receive(invite(), ALICE, 0.0), BOB)
@@ -195,6 +198,7 @@ class _Owner:
         return self.at
 
 
+@pytest.mark.interpreted_only  # counts calls inside compiled code / duck-typed owners
 def test_a_deadline_moved_later_wakes_nobody_at_the_old_one() -> None:
     heap = TimerHeap()
     owner = _Owner(0.5)  # e.g. Timer A
@@ -207,6 +211,7 @@ def test_a_deadline_moved_later_wakes_nobody_at_the_old_one() -> None:
     assert list(heap.due(100.0)) == []  # each entry wakes its owner once
 
 
+@pytest.mark.interpreted_only  # counts calls inside compiled code / duck-typed owners
 def test_a_deadline_moved_earlier_or_cleared_is_followed() -> None:
     heap = TimerHeap()
     early, cleared = _Owner(10.0), _Owner(5.0)
