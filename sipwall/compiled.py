@@ -70,6 +70,19 @@ MODULES: tuple[str, ...] = (
 
 PACKAGES = ("alg", "fcp", "filter_agent", "labs", "sipwall")
 
+# What the `mypyc` command does, but with the shared library of the whole group named
+# inside the `alg` package: as a top-level module (the command's hash name) it is only
+# importable with the checkout itself on sys.path, which an installed `sipwall` script or
+# `python bench/x.py` does not have.
+GROUP = "alg.hotpath"
+_SETUP = f"""
+import sys
+from setuptools import setup
+from mypyc.build import mypycify
+setup(name="sipwall-hotpath", ext_modules=mypycify(sys.argv[1:], group_name="{GROUP}"),
+      script_args=["build_ext", "--inplace"])
+"""
+
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 
@@ -87,7 +100,7 @@ def _sources() -> list[Path]:
 
 def built() -> list[Path]:
     """Compiled modules present in the tree (of the current list or an older one)."""
-    found = set(ROOT.glob(f"*{SUFFIX}"))  # mypyc's shared library
+    found = set(ROOT.glob(f"*{SUFFIX}"))  # shared libraries of `mypyc` command builds
     for package in PACKAGES:
         found.update((ROOT / package).glob(f"**/*{SUFFIX}"))
     return sorted(found)
@@ -98,12 +111,12 @@ def stale() -> list[str]:
     empty list also when nothing is built (everything then runs interpreted)."""
     if not built():
         return []
-    expected = {extension_of(source) for source in _sources()}
-    libraries = set(ROOT.glob(f"*{SUFFIX}"))
-    # an extension of a module no longer listed, or two shared libraries: an old build
-    out = [str(p.relative_to(ROOT)) for p in built() if p not in expected | libraries]
-    if len(libraries) != 1:
-        out.extend(str(p.relative_to(ROOT)) for p in libraries)
+    library = extension_of(ROOT / (GROUP.replace(".", "/") + "__mypyc.py"))
+    expected = {extension_of(source) for source in _sources()} | {library}
+    # an extension of a module no longer listed, or another shared library: an old build
+    out = [str(p.relative_to(ROOT)) for p in built() if p not in expected]
+    if not library.exists():
+        out.append(str(library.relative_to(ROOT)))
     for source in _sources():
         extension = extension_of(source)
         if not extension.exists() or extension.stat().st_mtime < source.stat().st_mtime:
@@ -154,7 +167,7 @@ def build() -> None:
     clean()  # a shared library of an older module list must not linger
     print(f"compiled modules: building {len(sources)} with mypyc")
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("mypyc")), *map(str, sources)],
+        [sys.executable, "-c", _SETUP, *(str(s.relative_to(ROOT)) for s in sources)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
