@@ -66,6 +66,15 @@ MODULES: tuple[str, ...] = (
     "alg/media/rewrite.py",
     "alg/media/session.py",
     "alg/media/streams.py",
+    "alg/media/actions.py",
+    "alg/media/agents.py",
+    "alg/media/antiforgery.py",
+    "alg/media/ledger.py",
+    "alg/media/record.py",
+    "alg/media/session_timer.py",
+    "alg/media/teardown.py",
+    "alg/ratelimit.py",
+    "alg/call_events.py",
 )
 
 PACKAGES = ("alg", "fcp", "filter_agent", "labs", "sipwall")
