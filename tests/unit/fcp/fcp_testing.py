@@ -77,17 +77,22 @@ def client_tls(pki_dir: Path, identity: str) -> ClientTls:
 ClientFactory = Callable[..., Awaitable[FcpClient]]
 
 
+def local_client(port: int, pki_dir: Path, **kwargs: object) -> FcpClient:
+    """A client of "alg-1" for the server on 127.0.0.1:`port` (FcpClient's options)."""
+    return FcpClient(f"127.0.0.1:{port}", client_tls(pki_dir, "alg-1"), **kwargs)  # type: ignore[arg-type]
+
+
 def reconnecting_client(port: int, pki_dir: Path, **kwargs: object) -> FcpClient:
     """A client that outlives its agent: retries long enough, and reconnects within
     0.2 s, for a test that stops the server and starts another on the same port."""
-    return FcpClient(
-        f"127.0.0.1:{port}",
-        client_tls(pki_dir, "alg-1"),
+    return local_client(
+        port,
+        pki_dir,
         retry=RetryPolicy(attempts=40, initial_backoff=0.02, max_backoff=0.2),
         channel_options=[
             ("grpc.initial_reconnect_backoff_ms", 50),
             ("grpc.min_reconnect_backoff_ms", 50),
             ("grpc.max_reconnect_backoff_ms", 200),
         ],
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )

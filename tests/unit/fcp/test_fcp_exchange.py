@@ -18,6 +18,7 @@ from fcp_testing import (
     ClientFactory,
     FakeClock,
     client_tls,
+    local_client,
     make_config,
     pair,
     reconnecting_client,
@@ -160,9 +161,7 @@ async def test_one_streams_operations_run_concurrently_and_past_the_limit_none_i
 ) -> None:
     backend = Gathers(make_config(), epoch=7, clock=clock)
     async with FcpServer(backend, server_config(pki_dir)) as fcp_server:
-        client = FcpClient(
-            f"127.0.0.1:{fcp_server.port}", client_tls(pki_dir, "alg-1"), deadline=TIMEOUT
-        )
+        client = local_client(fcp_server.port, pki_dir, deadline=TIMEOUT)
         async with client:
             count = EXCHANGE_IN_FLIGHT + 44
             changes = [
@@ -200,9 +199,9 @@ async def test_a_late_answer_is_dropped_and_the_retry_reuses_the_key(
 ) -> None:
     backend = Stalls(make_config(), epoch=7, clock=clock)
     async with FcpServer(backend, server_config(pki_dir)) as fcp_server:
-        client = FcpClient(
-            f"127.0.0.1:{fcp_server.port}",
-            client_tls(pki_dir, "alg-1"),
+        client = local_client(
+            fcp_server.port,
+            pki_dir,
             deadline=0.3,
             retry=RetryPolicy(attempts=3, initial_backoff=0.01),
         )
@@ -219,7 +218,7 @@ async def test_closing_the_client_fails_what_waits_on_the_stream(
 ) -> None:
     backend = Stalls(make_config(), epoch=7, clock=clock)
     async with FcpServer(backend, server_config(pki_dir)) as fcp_server:
-        client = FcpClient(f"127.0.0.1:{fcp_server.port}", client_tls(pki_dir, "alg-1"))
+        client = local_client(fcp_server.port, pki_dir)
         waiting = asyncio.create_task(client.reserve_binding(pair("call-1", 40000)))
         while not backend.keys:  # the agent has it
             await asyncio.sleep(0.01)
