@@ -38,6 +38,7 @@ from alg.relayed import RelayedRegistrations, SqliteRelayedJournal
 from alg.sip import SipUri, parse_uri
 from alg.subscribers import SqliteSubscriberStore
 from fcp.client import ClientTls, FcpClient
+from sipwall.heap import HeapPolicy
 
 log = logging.getLogger("sipwall.alg.dns")
 
@@ -68,6 +69,7 @@ class AlgServices:
     relayed_journal: SqliteRelayedJournal | None = None
     resolver: AsyncDnsResolver = field(default_factory=AsyncDnsResolver)
     rng: random.Random = field(default_factory=random.Random)
+    heap: HeapPolicy | None = None  # the running process's collector policy (alg.main)
 
     async def resolve(self, uri: str, now: Callable[[], float]) -> None:
         """RFC 3263 resolution of a Request-URI into the router's cache (an empty
@@ -95,6 +97,8 @@ class AlgServices:
             counters["media"] = dict(sorted((media.stats + media.pool.stats).items()))
             # the loop's clock (time.monotonic) is the one the breakers were fed with
             counters["agents"] = media.pool.snapshot(time.monotonic())
+        if self.heap is not None:
+            counters["collector"] = self.heap.stats(time.monotonic())
         return counters
 
     def write_counters(self) -> None:

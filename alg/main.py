@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ from alg.errors import AlgError
 from alg.logsetup import LogSettings, configure_logging
 from alg.workers import supervise, worker_config
 from fcp.errors import FcpError
+from sipwall.heap import HeapPolicy
 
 log = logging.getLogger("sipwall.alg")
 
@@ -40,24 +40,27 @@ def log_settings(config: AlgConfig) -> LogSettings:
     )
 
 
-def settle_collector() -> None:
-    """Everything built so far lives as long as the process: keep the collector from
-    scanning it again and again (per-call objects are freed by refcount, see
-    test_finished_calls_leave_no_reference_cycles).
-
-    Then space the collections out: each transaction keeps its request for up to 32 s
-    (RFC 3261 Timers J and L, 64*T1), so at a few thousand calls/sec some 10^6 objects
-    are alive, and with the default thresholds a full collection — every object, some
-    300 ms — ran every 2 s: a third of the CPU per call and pauses near T1 (issue #4,
-    bench/proxy_core_cpu.py). Fewer young and full passes keep every pause short."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*COLLECTOR_THRESHOLDS)
+# How often the running ALG collects its young garbage and freezes the survivors
+# (sipwall.heap): the objects of a quarter second, a few ms at thousands of calls/s.
+HEAP_TICK_SECONDS = 0.25
 
 
-# gen0 every 10,000 net allocations (default 700), gen1 every 10 gen0, a full pass at
-# most every 100 gen1 (default 10) and only when the long-lived set grew by 25 %.
-COLLECTOR_THRESHOLDS = (10_000, 10, 100)
+def collector_policy() -> HeapPolicy:
+    """The ALG's garbage collection (sipwall.heap): each transaction keeps its request for
+    up to 32 s (RFC 3261 Timers J and L, 64*T1), so at a few thousand calls/sec some 10^6
+    objects are alive. With CPython's own thresholds a full collection walked them all
+    every second or two; with (10,000, 10, 100) still now and then, and at 4,000 calls/s
+    in steady state one took 3.2 s (bench/proxy_core_cpu.py --calls 200000 --rate 4000):
+    far more than the 4 MiB socket buffers hold. Here: a young pass every 10,000
+    allocations (CPython: 700), the policy's ticks, and full passes only while they are
+    short. Per-call objects are freed by refcount
+    (test_finished_calls_leave_no_reference_cycles)."""
+    return HeapPolicy(young=10_000, full_max_objects=FULL_PASS_MAX_OBJECTS)
+
+
+# A full pass over this many objects stalls the ALG some 20-200 ms (50,000 are frozen at
+# start-up; about 14 are kept per live transaction), so it waits for a quieter moment.
+FULL_PASS_MAX_OBJECTS = 250_000
 
 
 async def serve(
@@ -94,7 +97,13 @@ async def serve(
         worker=None if worker is None else (os.getppid(), worker),
     )
     await shell.start()
-    settle_collector()
+    heap = services.heap = collector_policy()
+    collecting: asyncio.TimerHandle | None = None
+
+    def collect() -> None:
+        nonlocal collecting
+        heap.tick(loop.time())
+        collecting = loop.call_later(HEAP_TICK_SECONDS, collect)
     stop = asyncio.Event()
 
     def reload() -> None:
@@ -131,11 +140,16 @@ async def serve(
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
     try:
+        heap.install()  # once set up: what is alive now lives as long as the process
+        collecting = loop.call_later(HEAP_TICK_SECONDS, collect)
         await stop.wait()
     finally:
         for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
             signal.signal(sig, handler)
+        if collecting is not None:
+            collecting.cancel()
+        heap.uninstall()
         await shell.close()
         for client in clients.values():
             await client.close()

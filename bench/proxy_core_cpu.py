@@ -17,7 +17,9 @@ The peers' answers are built from what the proxy sent, the way sipp builds them
 ([last_Via:], [last_Record-Route:], the Route set from the 200's Record-Route); their
 cost is not counted: only the time spent inside the measured calls is (process CPU
 time), with the core's `get_timer()` after each, which the shell calls to re-arm its
-loop timer. `--call-seconds` sets how many calls are up at once (rate x duration).
+loop timer, and the garbage collector's ticks (alg.main.collector_policy, every 0.25 s
+of the virtual clock), which the process spends on the calls too. `--call-seconds` sets
+how many calls are up at once (rate x duration).
 
 `--mode anchored` is the stateful mode with media anchoring (`[media]`, issue #5): every
 call reserves a binding when its offer crosses, enables the pinholes when the answer
@@ -40,7 +42,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import gc
 import pstats
 import sys
 import tempfile
@@ -56,7 +57,7 @@ from collections.abc import Coroutine
 from alg.aio import AlgShell
 from alg.assemble import assemble
 from alg.config import load_config
-from alg.main import settle_collector
+from alg.main import HEAP_TICK_SECONDS, collector_policy
 from alg.media.actions import AgentResult
 from alg.media.perform import OwnedBackend, perform
 from alg.proxy import ProxyCore
@@ -224,6 +225,8 @@ class Driver:
         self.core: ProxyCore = self.services.core
         self.now = 0.0
         self.cpu_ns = 0
+        self.heap = collector_policy()
+        self.next_collection = HEAP_TICK_SECONDS
         self.messages = 0
         self.shell: AlgShell | None = None
         self.profiler: cProfile.Profile | None = None  # on only while the ALG is timed
@@ -279,6 +282,11 @@ class Driver:
 
     def advance(self, now: float) -> None:
         self.now = now
+        while self.next_collection <= now:  # the loop's collector ticks, on our clock
+            start = self._start()
+            self.heap.tick(self.next_collection)
+            self._stop(start)
+            self.next_collection += HEAP_TICK_SECONDS
         while (deadline := self.core.get_timer()) is not None and deadline <= now:
             start = self._start()
             if self.shell is None:
@@ -325,7 +333,7 @@ def run(
     """CPU microseconds per call over `calls` calls; checks every call completed."""
     with tempfile.TemporaryDirectory(prefix="proxy-core-cpu-") as tmp:
         driver = Driver(mode, Path(tmp), shell=shell)
-        settle_collector()  # as `sipwall alg` does once it is set up
+        driver.heap.install()  # as `sipwall alg` does once it is set up
         profiler = cProfile.Profile() if profile else None
         driver.profiler = profiler
         # Calls in flight: (time of the next step, step, call, state)
@@ -367,7 +375,7 @@ def run(
         if driver.core.transaction_count:
             raise SystemExit(f"{mode}: {driver.core.transaction_count} transactions left")
         driver.services.close()
-        gc.unfreeze()
+        driver.heap.uninstall()
         return driver.cpu_ns / 1000 / calls
 
 

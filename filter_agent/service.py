@@ -54,7 +54,6 @@ from filter_agent.engine import Event as EngineEvent
 from filter_agent.engine import EventKind as EngineEventKind
 from filter_agent.errors import AgentError, DriverError
 from filter_agent.events import EventHub
-from filter_agent.heap import HeapPolicy
 from filter_agent.latching import AgentLatching
 from filter_agent.plan import Element, TableSpec
 from filter_agent.queries import Queries
@@ -62,6 +61,7 @@ from filter_agent.recovery import Recovery, recover
 from filter_agent.store import IdempotencyRecord, Loaded, Store, StoreTxn
 from filter_agent.translate import View, agent_error, fingerprint
 from filter_agent.wiring import ServiceSettings, build_engine
+from sipwall.heap import HeapPolicy
 
 log = logging.getLogger("sipwall.agent.service")
 
@@ -117,7 +117,7 @@ class AgentService:
         self._wakeup = asyncio.Event()
         self._scheduled = math.inf
         self.rebuilds = 0  # times the table was rebuilt after vanishing
-        self.heap = HeapPolicy()  # main installs it in the agent process (heap.py)
+        self.heap = HeapPolicy()  # main installs it in the agent process (sipwall.heap)
 
     @classmethod
     def open(

@@ -336,3 +336,6 @@ def test_counters_of_the_running_alg(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert counters["proxy"]["malformed"] >= 1
     assert counters["proxy"]["ratelimit.rejected"] == statuses.count(503)
     assert counters["ratelimit"]["malformed"] >= 1
+    # the collector policy (alg.main.collector_policy) runs: start-up objects are frozen
+    assert counters["collector"]["frozen_objects"] > 10_000
+    assert counters["collector"]["full_passes"] == 0
