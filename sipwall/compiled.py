@@ -23,8 +23,10 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -189,6 +191,12 @@ def build() -> None:
     missing = [s for s in sources if not extension_of(s).exists()]
     if missing:
         raise SystemExit(f"mypyc built no extension for {missing}")
+    # When the C code is unchanged (a source only touched, e.g. by `git stash`), setuptools
+    # copies the cached extension with its old mtime, which would still look stale.
+    now = time.time()
+    library = extension_of(ROOT / (GROUP.replace(".", "/") + "__mypyc.py"))
+    for extension in (*(extension_of(s) for s in sources), library):
+        os.utime(extension, (now, now))
 
 
 def main(argv: list[str]) -> int:
