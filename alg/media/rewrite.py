@@ -283,11 +283,6 @@ class _Restorer:
         self.tokens = tokens
         self.now = now
         self.left = _RESTORE_BUDGET
-        self._passes = (
-            (_MASKED_URI_RE, self._uri),
-            (_MASKED_HOST_RE, self._host),
-            (_CALL_ID_RE, self._call_id),
-        )
 
     def _restore(self, token: str, kind: str) -> str | None:
         if self.left <= 0:
@@ -311,7 +306,14 @@ class _Restorer:
         return match.group(0) if original is None else original
 
     def text(self, text: str) -> str:
-        for pattern, swap in self._passes:
+        # Bound methods built here, not kept on self: kept, they would make every
+        # restorer a reference cycle, garbage only a collection frees (sipwall.heap).
+        passes = (
+            (_MASKED_URI_RE, self._uri),
+            (_MASKED_HOST_RE, self._host),
+            (_CALL_ID_RE, self._call_id),
+        )
+        for pattern, swap in passes:
             if self.left <= 0 or TOKEN_PREFIX not in text:
                 break
             text = pattern.sub(swap, text)
