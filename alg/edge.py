@@ -39,7 +39,6 @@ Everything is synchronous and pure but for the stores it is given.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
 from alg import routing
@@ -49,15 +48,7 @@ from alg.location import LocationStore, Source
 from alg.proxy_model import Answer, Endpoint, ProxyConfig, Resolve, Routed, Target
 from alg.registrar import Registrar
 from alg.relayed import RelayedRegistrations
-from alg.sip import SipMessage, SipUri, TelUri
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
+from alg.sip import SipMessage, SipUri, TelUri, is_ip_literal
 
 
 class LocationLookup:
@@ -196,11 +187,11 @@ class EdgeRouter:
     ) -> routing.RouteDecision | Answer | Resolve:
         """Replace targets that need DNS by what RFC 3263 resolution found (cached), or
         ask for the lookup."""
-        if not any(t.needs_resolution and not _is_address(t.next_hop) for t in decided.targets):
+        if not any(t.needs_resolution and not is_ip_literal(t.next_hop) for t in decided.targets):
             return decided
         expanded: list[routing.Target] = []
         for target in decided.targets:
-            if not target.needs_resolution or _is_address(target.next_hop):
+            if not target.needs_resolution or is_ip_literal(target.next_hop):
                 expanded.append(target)
                 continue
             cached = self._resolved.get(target.uri)
@@ -219,9 +210,7 @@ class EdgeRouter:
     def _target(self, target: routing.Target) -> Target | None:
         """A routing target as the core's; names that need DNS are skipped here (the
         lab and our configs use addresses; RFC 3263 resolution belongs to the shell)."""
-        try:
-            ipaddress.ip_address(target.next_hop.strip("[]"))
-        except ValueError:
+        if not is_ip_literal(target.next_hop):
             return None
         transport = (target.transport or "udp").upper()
         port = target.port or (5061 if transport == "TLS" else 5060)

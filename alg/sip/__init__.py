@@ -30,7 +30,7 @@ from alg.sip.stream import (
     SipStreamReader,
     StreamEvent,
 )
-from alg.sip.uri import AbsoluteUri, SipUri, TelUri, Uri, parse_uri
+from alg.sip.uri import AbsoluteUri, SipUri, TelUri, Uri, is_ip_literal, parse_uri
 from alg.sip.validate import check_request, check_response
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "check_request",
     "check_response",
     "find_sdp",
+    "is_ip_literal",
     "parse_message",
     "parse_uri",
 ]

@@ -180,6 +180,21 @@ class AbsoluteUri:
 Uri = SipUri | TelUri | AbsoluteUri
 
 
+def is_ip_literal(host: str) -> bool:
+    """Whether `host` (brackets allowed) is an IP address, as `ipaddress.ip_address`
+    would say; IPv4, asked for every routed request, without its ~7 us parse."""
+    text = host.strip("[]")
+    if text and text[-1].isdigit() and _IPV4.fullmatch(text) is not None:
+        return True
+    if ":" not in text:
+        return False  # not IPv6 either, and not a dotted quad: a name (or garbage)
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _classify(host: str) -> tuple[str, HostKind]:
     """Classify and validate a host; IPv6 must be a bracketed reference (RFC 5118 §4.2)."""
     if host.startswith("["):

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alg.sip import AbsoluteUri, SipParseError, SipUri, TelUri, parse_uri
+from alg.sip import AbsoluteUri, SipParseError, SipUri, TelUri, is_ip_literal, parse_uri
 from alg.sip.uri import _FAST_SIP, _parse_sip
 
 USER = st.text(alphabet="abcdefghijXYZ0123456789-_.!~*'()%&=+$,;?/", min_size=1, max_size=10)
@@ -115,3 +115,44 @@ def test_tel_and_other_schemes() -> None:
 def test_malformed_uris(bad: str) -> None:
     with pytest.raises(SipParseError):
         parse_uri(bad)
+
+
+def _ipaddress_says(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "10.77.0.10",
+        "[10.77.0.10]",
+        "255.255.255.255",
+        "256.1.1.1",
+        "01.2.3.4",
+        "1.2.3",
+        "1.2.3.4.",
+        "example.com",
+        "",
+        "[]",
+        "::1",
+        "[2001:db8::5]",
+        "[2001:db8::5",
+        "::ffff:10.0.0.1",
+        "fe80::1%eth0",
+        "2001:db8:::1",
+        "gw:5060",
+    ],
+)
+def test_is_ip_literal_agrees_with_ipaddress(host: str) -> None:
+    assert is_ip_literal(host) is _ipaddress_says(host)
+
+
+@given(st.text(alphabet="0123456789.:[]abcdef%", max_size=24))
+def test_is_ip_literal_agrees_with_ipaddress_on_any_text(host: str) -> None:
+    assert is_ip_literal(host) is _ipaddress_says(host)
