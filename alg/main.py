@@ -104,6 +104,7 @@ async def serve(
         nonlocal collecting
         heap.tick(loop.time())
         collecting = loop.call_later(HEAP_TICK_SECONDS, collect)
+
     stop = asyncio.Event()
 
     def reload() -> None:
