@@ -18,7 +18,7 @@ from alg.errors import AlgError
 from alg.logsetup import LogSettings, configure_logging
 from alg.workers import supervise, worker_config
 from fcp.errors import FcpError
-from sipwall.heap import HeapPolicy
+from sipwall.heap import FULL_PASS_MAX_OBJECTS, HeapPolicy
 
 log = logging.getLogger("sipwall.alg")
 
@@ -56,11 +56,6 @@ def collector_policy() -> HeapPolicy:
     short. Per-call objects are freed by refcount
     (test_finished_calls_leave_no_reference_cycles)."""
     return HeapPolicy(young=10_000, full_max_objects=FULL_PASS_MAX_OBJECTS)
-
-
-# A full pass over this many objects stalls the ALG some 20-200 ms (50,000 are frozen at
-# start-up; about 14 are kept per live transaction), so it waits for a quieter moment.
-FULL_PASS_MAX_OBJECTS = 250_000
 
 
 async def serve(
