@@ -18,7 +18,7 @@ from alg.errors import AlgError
 from alg.logsetup import LogSettings, configure_logging
 from alg.workers import supervise, worker_config
 from fcp.errors import FcpError
-from sipwall.heap import FULL_PASS_MAX_OBJECTS, HeapPolicy
+from sipwall.heap import HeapPolicy
 
 log = logging.getLogger("sipwall.alg")
 
@@ -55,7 +55,7 @@ def collector_policy() -> HeapPolicy:
     allocations (CPython: 700), the policy's ticks, and full passes only while they are
     short. Per-call objects are freed by refcount
     (test_finished_calls_leave_no_reference_cycles)."""
-    return HeapPolicy(young=10_000, full_max_objects=FULL_PASS_MAX_OBJECTS)
+    return HeapPolicy(young=10_000)
 
 
 async def serve(

@@ -61,7 +61,7 @@ from filter_agent.recovery import Recovery, recover
 from filter_agent.store import IdempotencyRecord, Loaded, Store, StoreTxn
 from filter_agent.translate import View, agent_error, fingerprint
 from filter_agent.wiring import ServiceSettings, build_engine
-from sipwall.heap import FULL_PASS_MAX_OBJECTS, HeapPolicy
+from sipwall.heap import HeapPolicy
 
 log = logging.getLogger("sipwall.agent.service")
 
@@ -117,8 +117,7 @@ class AgentService:
         self._wakeup = asyncio.Event()
         self._scheduled = math.inf
         self.rebuilds = 0  # times the table was rebuilt after vanishing
-        # main installs it in the agent process (sipwall.heap)
-        self.heap = HeapPolicy(full_max_objects=FULL_PASS_MAX_OBJECTS)
+        self.heap = HeapPolicy()  # main installs it in the agent process (sipwall.heap)
 
     @classmethod
     def open(

@@ -109,6 +109,11 @@ def _sources() -> list[Path]:
     return [ROOT / name for name in MODULES]
 
 
+def _library() -> Path:
+    """The group's shared library, which every module's extension loads."""
+    return extension_of(ROOT / (GROUP.replace(".", "/") + "__mypyc.py"))
+
+
 def built() -> list[Path]:
     """Compiled modules present in the tree (of the current list or an older one)."""
     found = set(ROOT.glob(f"*{SUFFIX}"))  # shared libraries of `mypyc` command builds
@@ -122,7 +127,7 @@ def stale() -> list[str]:
     empty list also when nothing is built (everything then runs interpreted)."""
     if not built():
         return []
-    library = extension_of(ROOT / (GROUP.replace(".", "/") + "__mypyc.py"))
+    library = _library()
     expected = {extension_of(source) for source in _sources()} | {library}
     # an extension of a module no longer listed, or another shared library: an old build
     out = [str(p.relative_to(ROOT)) for p in built() if p not in expected]
@@ -194,8 +199,7 @@ def build() -> None:
     # When the C code is unchanged (a source only touched, e.g. by `git stash`), setuptools
     # copies the cached extension with its old mtime, which would still look stale.
     now = time.time()
-    library = extension_of(ROOT / (GROUP.replace(".", "/") + "__mypyc.py"))
-    for extension in (*(extension_of(s) for s in sources), library):
+    for extension in (*(extension_of(s) for s in sources), _library()):
         os.utime(extension, (now, now))
 
 

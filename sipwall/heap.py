@@ -56,7 +56,7 @@ class HeapPolicy:
         self,
         full_every: float = 600.0,
         young: int | None = None,
-        full_max_objects: int | None = None,
+        full_max_objects: int | None = FULL_PASS_MAX_OBJECTS,
     ) -> None:
         self.full_every = full_every
         self.young = young
@@ -68,7 +68,7 @@ class HeapPolicy:
         self.leaked_cycles = 0  # objects the full passes found unreachable
         self.last_full_seconds = 0.0
         self._last_full: float | None = None
-        self._thresholds_before = gc.get_threshold()
+        self._thresholds_before = gc.get_threshold()  # set again by install()
 
     def install(self) -> None:
         gc.collect()  # start-up garbage, before it is frozen for good

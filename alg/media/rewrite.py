@@ -306,6 +306,8 @@ class _Restorer:
         return match.group(0) if original is None else original
 
     def text(self, text: str) -> str:
+        if TOKEN_PREFIX not in text:
+            return text  # most header values: no pass to build
         # Bound methods built here, not kept on self: kept, they would make every
         # restorer a reference cycle, garbage only a collection frees (sipwall.heap).
         passes = (

@@ -56,7 +56,7 @@ def test_a_tick_frees_young_cycles_and_freezes_the_survivors(restored: None) -> 
 
 
 def test_a_cycle_that_dies_after_a_freeze_waits_for_the_full_pass(restored: None) -> None:
-    policy = HeapPolicy(full_every=10.0, young=NEVER)
+    policy = HeapPolicy(full_every=10.0, young=NEVER, full_max_objects=None)
     policy.install()
     policy.tick(0.0)
     node = Node()
