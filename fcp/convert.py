@@ -40,6 +40,7 @@ from fcp.types import (
     LifetimeGrant,
     LifetimeTarget,
     Pool,
+    PortUsage,
     Rule,
     RuleRequest,
     Session,
@@ -483,6 +484,15 @@ def external_address_to_proto(address: ExternalAddress) -> pb.ExternalAddress:
         address=str(address.address),
         pool=address.pool,
         ip_version=IP_VERSIONS[address.ip_version],
+        port_usage=[
+            pb.PortUsage(
+                protocol=PROTOCOLS[u.protocol],
+                total=u.total,
+                bound=u.bound,
+                quarantined=u.quarantined,
+            )
+            for u in address.port_usage
+        ],
     )
 
 
@@ -491,6 +501,15 @@ def external_address_from_proto(message: pb.ExternalAddress) -> ExternalAddress:
         address=address_from_proto("address", message.address),
         pool=message.pool,
         ip_version=enum_from_proto("ip_version", message.ip_version, IP_VERSIONS),
+        port_usage=tuple(
+            PortUsage(
+                enum_from_proto("port_usage.protocol", u.protocol, PROTOCOLS),
+                u.total,
+                u.bound,
+                u.quarantined,
+            )
+            for u in message.port_usage
+        ),
     )
 
 

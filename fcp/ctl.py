@@ -1,13 +1,15 @@
 """`sipwall ctl`: look at a running filter agent and release what it holds, over FCP.
 
     sipwall ctl --agent 10.77.0.1:7700 --ca ca.pem --cert ctl.pem --key ctl.key \
-        {sessions,groups,bindings,rules} [--json]
+        {sessions,groups,bindings,rules,ports} [--json]
     sipwall ctl ... release {group|binding|rule} ID
 
 It is an ordinary FCP client. With an identity the agent lists under `clients.admin` it
 sees every owner's objects (group ids as "<owner>/<group>") and may release any of them —
 the owner is told with a REMOVED_BY_ADMIN event; with an ALG identity it sees that
-identity's objects only. `sessions` shows the agent's epoch, pools and limits.
+identity's objects only. `sessions` shows the agent's epoch, pools and limits; `ports`
+how many ports of each public address are bound, quarantined (released less than the
+quarantine time ago) and free.
 
 Counters are the kernel's per-element counters as of the agent's last poll; last-seen is
 the time a packet was last counted.
@@ -75,6 +77,8 @@ async def _list(client: FcpClient, what: str) -> tuple[list[str], list[list[str]
             "max_lifetime": s.capabilities.max_lifetime_seconds,
         }
         return ["IDENTITY", "EPOCH", "POOLS", "MAX-LIFETIME"], [row], [record]
+    if what == "ports":
+        return await _ports(client)
     if what == "groups":
         groups = await client.list_groups()
         rows = [
@@ -160,6 +164,37 @@ async def _list(client: FcpClient, what: str) -> tuple[list[str], list[list[str]
     return headers, rows, records
 
 
+async def _ports(client: FcpClient) -> tuple[list[str], list[list[str]], list[Any]]:
+    usages = [(a, u) for a in await client.get_external_addresses() for u in a.port_usage]
+    rows = [
+        [
+            a.pool,
+            str(a.address),
+            u.protocol.value,
+            str(u.total),
+            str(u.bound),
+            str(u.quarantined),
+            str(u.free),
+            f"{100 * u.free / u.total:.1f}" if u.total else "-",
+        ]
+        for a, u in usages
+    ]
+    records = [
+        {
+            "pool": a.pool,
+            "address": str(a.address),
+            "protocol": u.protocol.value,
+            "total": u.total,
+            "bound": u.bound,
+            "quarantined": u.quarantined,
+            "free": u.free,
+        }
+        for a, u in usages
+    ]
+    headers = ["POOL", "ADDRESS", "PROTO", "TOTAL", "BOUND", "QUARANTINED", "FREE", "FREE%"]
+    return headers, rows, records
+
+
 async def _release(client: FcpClient, kind: str, ident: str) -> str:
     if kind == "group":
         grant = await client.release_group(ident)
@@ -178,8 +213,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-name", help="agent name in its certificate, if not --agent")
     parser.add_argument("--timeout", type=float, default=5.0)
     sub = parser.add_subparsers(dest="command", required=True)
-    for what in ("sessions", "groups", "bindings", "rules"):
-        p = sub.add_parser(what, help=f"list {what}")
+    for what in ("sessions", "groups", "bindings", "rules", "ports"):
+        help_text = f"list {what}"
+        if what == "ports":
+            help_text = "port usage of every public address (bound, quarantined, free)"
+        p = sub.add_parser(what, help=help_text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
     release = sub.add_parser("release", help="release a group, binding or rule (lifetime 0)")
     release.add_argument("kind", choices=("group", "binding", "rule"))

@@ -58,10 +58,12 @@ from fcp.types import (
     LifetimeGrant,
     LifetimeTarget,
     Pool,
+    PortUsage,
     Rule,
     RuleRequest,
     Session,
     SessionRequest,
+    TransportProtocol,
     resolve_ref,
     standalone,
 )
@@ -228,12 +230,30 @@ class MemoryBackend:
     ) -> Sequence[ExternalAddress]:
         if pool is not None and pool not in self._pools:
             raise not_found("pool", pool)
+        now = self._clock()
         return [
-            ExternalAddress(address, p.name, p.ip_version)
+            ExternalAddress(
+                address,
+                p.name,
+                p.ip_version,
+                tuple(self._port_usage(p, address, proto, now) for proto in TransportProtocol),
+            )
             for p in self._pools.values()
             if pool in (None, p.name)
             for address in p.external_addresses
         ]
+
+    def _port_usage(
+        self, pool: Pool, address: IPAddress, protocol: TransportProtocol, now: float
+    ) -> PortUsage:
+        state = self._state  # O(ports held): this backend is the reference, not fast
+        bound = sum(1 for a, p, _ in state.ports if (a, p) == (address, protocol))
+        quarantined = sum(
+            1
+            for (a, p, _), t in state.quarantine.items()
+            if (a, p) == (address, protocol) and t > now
+        )
+        return PortUsage(protocol, pool.port_max - pool.port_min + 1, bound, quarantined)
 
     # ---- test hooks (what the kernel, an operator or time would do) --------------------
 

@@ -394,10 +394,31 @@ def resolve_ref(operation: BatchOperation, results: Sequence[object]) -> BatchOp
 
 
 @dataclass(frozen=True)
+class PortUsage:
+    """How one address's ports of one protocol are used (fcp.proto PortUsage)."""
+
+    protocol: TransportProtocol
+    total: int
+    bound: int
+    quarantined: int
+
+    def __post_init__(self) -> None:
+        if min(self.total, self.bound, self.quarantined) < 0:
+            raise malformed("port_usage", "counts must not be negative")
+        if self.bound + self.quarantined > self.total:
+            raise malformed("port_usage", "more ports in use than the range holds")
+
+    @property
+    def free(self) -> int:
+        return self.total - self.bound - self.quarantined
+
+
+@dataclass(frozen=True)
 class ExternalAddress:
     address: IPAddress
     pool: str
     ip_version: IpVersion
+    port_usage: tuple[PortUsage, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,20 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class PortUsage:
+    """Ports of one (address, protocol): `bound` in bindings, `quarantined` released but
+    not yet free again; the rest of `total` is free."""
+
+    total: int
+    bound: int
+    quarantined: int
+
+    @property
+    def free(self) -> int:
+        return self.total - self.bound - self.quarantined
+
+
+@dataclass(frozen=True)
 class Allocation:
     owner: str
     group: str
@@ -160,6 +174,7 @@ class Allocator:
         # (release deadline, address, protocol, port), in release order: deadlines are
         # monotone because `now` is, so draining from the left is enough.
         self._quarantine: collections.deque[tuple[float, str, Protocol, int]] = collections.deque()
+        self._quarantined: collections.Counter[tuple[str, Protocol]] = collections.Counter()
         self._by_inside: dict[tuple[Protocol, str, int], Allocation] = {}
         self._groups: dict[tuple[str, str], _GroupState] = {}
         self._owner_ports: collections.Counter[str] = collections.Counter()
@@ -183,6 +198,14 @@ class Allocator:
     def free_ports(self, address: str, protocol: Protocol, now: float) -> int:
         self._drain(now)
         return self._space(address, protocol).free_count()
+
+    def usage(self, address: str, protocol: Protocol, now: float) -> PortUsage:
+        """How the ports of `address` are used at `now`: O(1), the sets keep the counts."""
+        self._drain(now)
+        free = self._space(address, protocol).free_count()
+        quarantined = self._quarantined[(address, protocol)]
+        total = self.config.port_max - self.config.port_min + 1
+        return PortUsage(total, total - free - quarantined, quarantined)
 
     # -- allocate / release --------------------------------------------------------------
 
@@ -250,6 +273,7 @@ class Allocator:
                 self._quarantine.append(
                     (deadline, allocation.external_addr, allocation.protocol, port)
                 )
+                self._quarantined[(allocation.external_addr, allocation.protocol)] += 1
             else:
                 space.give(port)
         count = len(allocation.external_ports)
@@ -261,6 +285,15 @@ class Allocator:
         self._owner_ports[allocation.owner] -= count
         if self._owner_ports[allocation.owner] <= 0:
             del self._owner_ports[allocation.owner]
+
+    def restore_quarantined(
+        self, deadline: float, address: str, protocol: Protocol, port: int
+    ) -> None:
+        """Put back a port that was quarantined until `deadline` (a restart's snapshot, in
+        deadline order)."""
+        self._space(address, protocol).take(port)
+        self._quarantine.append((deadline, address, protocol, port))
+        self._quarantined[(address, protocol)] += 1
 
     # -- internals -----------------------------------------------------------------------
 
@@ -277,6 +310,7 @@ class Allocator:
         while self._quarantine and self._quarantine[0][0] <= now:
             _, address, protocol, port = self._quarantine.popleft()
             self._space(address, protocol).give(port)
+            self._quarantined[(address, protocol)] -= 1
 
     def _retry_after(self) -> float | None:
         """Seconds until the next quarantined port comes back, if any."""

@@ -48,6 +48,7 @@ from fcp.idempotency import IdempotencyCache
 from fcp.v1 import fcp_pb2 as pb
 from filter_agent import model as m
 from filter_agent import mutations, ops, snapshot
+from filter_agent.allocator import PortUsage
 from filter_agent.driver import NftDriver
 from filter_agent.engine import ConntrackFlusher, Engine
 from filter_agent.engine import Event as EngineEvent
@@ -56,6 +57,7 @@ from filter_agent.errors import AgentError, DriverError
 from filter_agent.events import EventHub
 from filter_agent.latching import AgentLatching
 from filter_agent.plan import Element, TableSpec
+from filter_agent.port_watch import PortWatch
 from filter_agent.queries import Queries
 from filter_agent.recovery import Recovery, recover
 from filter_agent.store import IdempotencyRecord, Loaded, Store, StoreTxn
@@ -118,6 +120,7 @@ class AgentService:
         self._scheduled = math.inf
         self.rebuilds = 0  # times the table was rebuilt after vanishing
         self.heap = HeapPolicy()  # main installs it in the agent process (sipwall.heap)
+        self._port_watch = PortWatch()
 
     @classmethod
     def open(
@@ -459,10 +462,25 @@ class AgentService:
     ) -> Sequence[f.ExternalAddress]:
         if pool is not None and pool != self.settings.pool_name:
             raise not_found("pool", pool)
+        usages: dict[str, list[f.PortUsage]] = {}
+        for address, protocol, u in self.port_usages():
+            usages.setdefault(address, []).append(
+                f.PortUsage(f.TransportProtocol(protocol.value), u.total, u.bound, u.quarantined)
+            )
         return [
-            f.ExternalAddress(address, p.name, p.ip_version)
+            f.ExternalAddress(address, p.name, p.ip_version, tuple(usages[str(address)]))
             for p in self.capabilities.pools
             for address in p.external_addresses
+        ]
+
+    def port_usages(self) -> list[tuple[str, m.Protocol, PortUsage]]:
+        """Every public address's port usage, per protocol, now."""
+        now = self._clock()
+        allocator = self.engine.allocator
+        return [
+            (address, protocol, allocator.usage(address, protocol, now))
+            for address in self.settings.addresses
+            for protocol in m.Protocol
         ]
 
     def _queries(self, owner: str) -> Queries:
@@ -528,6 +546,23 @@ class AgentService:
                 txn.put_counters(
                     [(rid, snapshot.rule_counters(self.engine, rid)) for rid in changed]
                 )
+        self._check_ports()
+
+    def _check_ports(self) -> None:
+        for alarm in self._port_watch.check(self.port_usages()):
+            u = alarm.usage
+            counts = (
+                f"{alarm.address} {alarm.protocol.value}: {u.free} of {u.total} ports free "
+                f"({u.bound} bound, {u.quarantined} quarantined)"
+            )
+            if alarm.low:
+                log.warning(
+                    "%s; reservations fail with NO_PORTS when none is left: add addresses "
+                    "or ports to the pool (README: sizing a pool)",
+                    counts,
+                )
+            else:
+                log.info("%s; enough again", counts)
 
     def expire_now(self) -> list[EngineEvent]:
         """Close what timed out or idled out; persist; tell the owners."""

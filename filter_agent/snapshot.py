@@ -124,8 +124,7 @@ def restore(engine: Engine, state: EngineState) -> None:
         raise ValueError("restore needs a fresh engine")
     allocator = engine.allocator
     for q in sorted(state.quarantine, key=lambda q: q.deadline):
-        allocator._space(q.address, q.protocol).take(q.port)
-        allocator._quarantine.append((q.deadline, q.address, q.protocol, q.port))
+        allocator.restore_quarantined(q.deadline, q.address, q.protocol, q.port)
     for b in state.bindings:
         allocation = _restore_allocation(allocator, b)
         engine._bindings[b.id] = b

@@ -1308,23 +1308,63 @@ class ExternalAddress(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     POOL_FIELD_NUMBER: _builtins.int
     IP_VERSION_FIELD_NUMBER: _builtins.int
+    PORT_USAGE_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     pool: _builtins.str
     ip_version: Global___IpVersion.ValueType
+    @_builtins.property
+    def port_usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortUsage]:
+        """How the address's ports are used, one entry per transport protocol: what an operator
+        sizes a pool by (a released port is quarantined, not free, for the agent's quarantine
+        time, so the sustainable call rate is about free / (call length + quarantine)).
+        """
+
     def __init__(
         self,
         *,
         address: _builtins.str = ...,
         pool: _builtins.str = ...,
         ip_version: Global___IpVersion.ValueType = ...,
+        port_usage: _abc.Iterable[Global___PortUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ip_version", b"ip_version", "pool", b"pool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ip_version", b"ip_version", "pool", b"pool", "port_usage", b"port_usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExternalAddress: _TypeAlias = ExternalAddress  # noqa: Y015
+
+@_typing.final
+class PortUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    BOUND_FIELD_NUMBER: _builtins.int
+    QUARANTINED_FIELD_NUMBER: _builtins.int
+    protocol: Global___TransportProtocol.ValueType
+    total: _builtins.int
+    """ports in the pool's range"""
+    bound: _builtins.int
+    """held by live bindings"""
+    quarantined: _builtins.int
+    """released, not yet free again; free = total - bound - quarantined"""
+    def __init__(
+        self,
+        *,
+        protocol: Global___TransportProtocol.ValueType = ...,
+        total: _builtins.int = ...,
+        bound: _builtins.int = ...,
+        quarantined: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound", b"bound", "protocol", b"protocol", "quarantined", b"quarantined", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortUsage: _TypeAlias = PortUsage  # noqa: Y015
 
 @_typing.final
 class GetExternalAddressResponse(_message.Message):

@@ -68,6 +68,13 @@ def groups(lab: AgentLab) -> list[dict[str, Any]]:
     return found
 
 
+def udp_ports(lab: AgentLab) -> tuple[int, int]:
+    """(bound, quarantined) UDP ports of the lab's public address, as `ctl ports` says."""
+    (udp,) = [r for r in json.loads(ctl(lab, "ports", "--json")) if r["protocol"] == "udp"]
+    assert udp["address"] == lab.g.public_addr
+    return udp["bound"], udp["quarantined"]
+
+
 def _records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -95,6 +102,9 @@ def _call_ended_by_alg(
             lambda: [g for g in groups(lab) if g["rules"]], 20, interval=0.2, what="pinhole in"
         )
         assert kernel_elements(lab, "dnat4") >= 1
+        held = sum(len(b["external_ports"]) for b in json.loads(ctl(lab, "bindings", "--json")))
+        assert held >= 2  # at least one RTP/RTCP pair
+        assert udp_ports(lab) == (held, 0)
         if end is not None:
             end()
         assert uas.wait(timeout=60) == 0, messages.read_text(errors="replace")[-3000:]
@@ -108,6 +118,7 @@ def _call_ended_by_alg(
         assert json.loads(ctl(lab, "rules", "--json")) == []
         wait_until(lambda: kernel_elements(lab, "dnat4") == 0, 20, what="kernel empty")
         assert kernel_elements(lab, "in4") == 0
+        assert udp_ports(lab) == (0, held)  # released ports wait out the quarantine
     finally:
         stop(alg, uas, uac)
         log.close()

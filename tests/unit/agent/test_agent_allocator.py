@@ -223,3 +223,41 @@ def test_never_double_allocates(script: list[tuple[bool, int, int]]) -> None:
             a.release(x, now)  # type: ignore[arg-type]
             for p in x.external_ports:  # type: ignore[attr-defined]
                 released_at[p] = now
+        # bound is what the free sets and the quarantine count leave: it must be what the
+        # script holds, and the quarantine count what it released less than 120 s ago
+        usage = a.usage("203.0.113.1", UDP, now)
+        held = {p for x in live.values() for p in x.external_ports}  # type: ignore[attr-defined]
+        assert usage.bound == len(held)
+        assert usage.quarantined == sum(1 for t in released_at.values() if now - t < 120)
+
+
+def test_usage_counts_bound_quarantined_and_free_ports() -> None:
+    a = make(addresses=("203.0.113.1",))  # 10000-10099: 100 ports
+    pair = alloc(a, 4000, group="g1", now=0)
+    alloc(a, 5001, group="g2", count=1, even=False, now=0)
+    u = a.usage("203.0.113.1", UDP, now=0)
+    assert (u.total, u.bound, u.quarantined, u.free) == (100, 3, 0, 97)
+    a.release(pair, now=10)
+    u = a.usage("203.0.113.1", UDP, now=10)
+    assert (u.bound, u.quarantined, u.free) == (1, 2, 97)
+    assert a.usage("203.0.113.1", UDP, now=129.9).quarantined == 2
+    u = a.usage("203.0.113.1", UDP, now=130)  # the quarantine is over
+    assert (u.bound, u.quarantined, u.free) == (1, 0, 99)
+    assert a.usage("203.0.113.1", Protocol.TCP, now=130).free == 100  # a space of its own
+
+
+def test_an_undone_allocation_is_not_counted_as_quarantined() -> None:
+    a = make(addresses=("203.0.113.1",))
+    a.release(alloc(a, 4000), now=0, quarantine=False)
+    u = a.usage("203.0.113.1", UDP, now=0)
+    assert (u.bound, u.quarantined, u.free) == (0, 0, 100)
+
+
+def test_restored_quarantine_is_counted_and_drains() -> None:
+    a = make(addresses=("203.0.113.1",))
+    a.restore_quarantined(50.0, "203.0.113.1", UDP, 10010)
+    a.restore_quarantined(60.0, "203.0.113.1", UDP, 10011)
+    assert a.usage("203.0.113.1", UDP, now=0).quarantined == 2
+    assert a.usage("203.0.113.1", UDP, now=55).quarantined == 1
+    u = a.usage("203.0.113.1", UDP, now=60)
+    assert (u.bound, u.quarantined, u.free) == (0, 0, 100)

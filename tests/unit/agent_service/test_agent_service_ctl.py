@@ -64,8 +64,25 @@ async def test_ctl_lists_everything_for_an_admin_and_releases(
     assert out.splitlines()[1:] == []
     code, out = await run("ctl", "sessions")
     assert "203.0.113.1" in out
+    code, out = await run("ctl", "ports")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "POOL",
+        "ADDRESS",
+        "PROTO",
+        "TOTAL",
+        "BOUND",
+        "QUARANTINED",
+        "FREE",
+        "FREE%",
+    ]
+    assert lines[1].split() == ["public", "203.0.113.1", "udp", "1000", "2", "0", "998", "99.8"]
+    assert lines[2].split()[2:] == ["tcp", "1000", "0", "0", "1000", "100.0"]
     code, out = await run("ctl", "release", "group", "alg-1/call-1")
     assert (code, out.strip()) == (0, "released group alg-1/call-1: 1 bindings, 1 rules")
+    code, out = await run("alg-2", "ports", "--json")  # any client may size the pool
+    (udp,) = [r for r in json.loads(out) if r["protocol"] == "udp"]
+    assert (udp["bound"], udp["quarantined"], udp["free"]) == (0, 2, 998)
     assert await alg.list_bindings() == []
     code, _ = await run("ctl", "release", "binding", "b999")
     assert code == 1

@@ -24,6 +24,7 @@ from filter_agent import ops, snapshot
 from filter_agent.allocator import Allocator, PoolConfig
 from filter_agent.drivers.fake import FakeNftDriver
 from filter_agent.engine import Engine
+from filter_agent.model import Protocol
 from filter_agent.service import AgentService
 from filter_agent.store import Store, open_store
 
@@ -85,6 +86,9 @@ async def test_store_round_trip_rebuilds_the_same_engine(kernel: Kernel, db: Pat
     # The restored allocator knows the ports: the same inside endpoint maps the same way,
     # and the quarantined ports are not handed out again.
     assert twin.allocator.owner_ports("alg-1") == 4
+    # and counts them: 3 live pairs bound, the released pair quarantined
+    usage = twin.allocator.usage("203.0.113.1", Protocol.UDP, kernel.clock())
+    assert (usage.bound, usage.quarantined) == (6, 2)
 
 
 async def test_restart_keeps_epoch_objects_and_idempotency(kernel: Kernel, db: Path) -> None:

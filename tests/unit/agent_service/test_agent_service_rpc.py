@@ -299,3 +299,58 @@ async def test_release_reports_what_the_group_held_with_kernel_counters(
     assert again == grant
     kept = await client.change_group_lifetime(GroupLifetimeChange("call-2", 30))
     assert (kept.released_bindings, kept.released_rules) == ((), ())
+
+
+async def test_port_usage_is_reported_per_address_and_protocol(
+    connect: Any, kernel: Kernel
+) -> None:
+    client = await connect()
+    first = await client.reserve_binding(reserve("call-1", 4000, lifetime_seconds=600))
+    await client.reserve_binding(reserve("call-2", 4002, lifetime_seconds=600))
+    await client.change_lifetime(LifetimeChange(LifetimeTarget.BINDING, first.binding_id, 0))
+    (address,) = await client.get_external_addresses()
+    assert str(address.address) == PUBLIC
+    usage = {u.protocol: u for u in address.port_usage}
+    udp, tcp = usage[TransportProtocol.UDP], usage[TransportProtocol.TCP]
+    assert (udp.total, udp.bound, udp.quarantined, udp.free) == (1000, 2, 2, 996)
+    assert (tcp.total, tcp.bound, tcp.quarantined) == (1000, 0, 0)
+    kernel.clock.advance(120)  # the quarantine is over
+    (address,) = await client.get_external_addresses()
+    udp = next(u for u in address.port_usage if u.protocol is TransportProtocol.UDP)
+    assert (udp.bound, udp.quarantined, udp.free) == (2, 0, 998)
+
+
+async def test_a_pool_running_dry_is_logged_once_and_its_recovery_too(
+    kernel: Kernel, db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = kernel.open(db, port_min=20000, port_max=20019)  # 10 RTP pairs
+    try:
+        bindings = [
+            await service.reserve_binding(
+                "alg-1", reserve(f"c{i}", 4000 + 2 * i, lifetime_seconds=600)
+            )
+            for i in range(9)
+        ]
+        caplog.set_level("INFO", logger="sipwall.agent.service")
+        service.observe_now()  # 2 of 20 free: 10 %, not under the mark
+        assert not [r for r in caplog.records if "ports free" in r.message]
+        await service.reserve_binding("alg-1", reserve("c9", 4018, lifetime_seconds=600))
+        service.observe_now()
+        service.observe_now()  # still dry: said once
+        (low,) = [r for r in caplog.records if "ports free" in r.message]
+        assert low.levelname == "WARNING"
+        assert f"{PUBLIC} udp: 0 of 20 ports free (20 bound, 0 quarantined)" in low.message
+        for b in bindings[:4]:  # released ports are quarantined: still dry
+            await service.change_lifetime(
+                "alg-1", LifetimeChange(LifetimeTarget.BINDING, b.binding_id, 0)
+            )
+        service.observe_now()
+        assert len([r for r in caplog.records if "ports free" in r.message]) == 1
+        kernel.clock.advance(121)
+        service.observe_now()
+        ok = [r for r in caplog.records if "ports free" in r.message][1:]
+        assert [(r.levelname, r.message.split(";")[0]) for r in ok] == [
+            ("INFO", f"{PUBLIC} udp: 8 of 20 ports free (12 bound, 0 quarantined)")
+        ]
+    finally:
+        await service.close()

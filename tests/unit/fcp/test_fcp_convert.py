@@ -20,9 +20,12 @@ from fcp.types import (
     Counters,
     Direction,
     Endpoint,
+    ExternalAddress,
     GroupLifetimeChange,
+    IpVersion,
     LifetimeChange,
     LifetimeTarget,
+    PortUsage,
     RuleRequest,
     TransportProtocol,
 )
@@ -219,3 +222,31 @@ def test_binding_ref_round_trips_and_is_optional() -> None:
     assert convert.rule_request_from_proto(message) == by_ref
     plain = convert.rule_request_to_proto(replace(by_ref, binding_id="b-1", binding_ref=None))
     assert not plain.HasField("binding_ref")
+
+
+def test_external_address_round_trips_with_its_port_usage() -> None:
+    address = ExternalAddress(
+        ipaddress.IPv4Address("203.0.113.10"),
+        "v4",
+        IpVersion.V4,
+        (
+            PortUsage(TransportProtocol.UDP, 20000, 1500, 240),
+            PortUsage(TransportProtocol.TCP, 20000, 0, 0),
+        ),
+    )
+    wire = convert.external_address_to_proto(address).SerializeToString()
+    back = convert.external_address_from_proto(pb.ExternalAddress.FromString(wire))
+    assert back == address
+    assert back.port_usage[0].free == 18260
+
+
+def test_port_usage_beyond_the_range_is_refused() -> None:
+    message = pb.ExternalAddress(address="203.0.113.10", pool="v4", ip_version=pb.IP_VERSION_V4)
+    message.port_usage.add(protocol=pb.TRANSPORT_PROTOCOL_UDP, total=10, bound=8, quarantined=3)
+    with pytest.raises(FcpError) as info:
+        convert.external_address_from_proto(message)
+    assert info.value.reason is Reason.MALFORMED
+    message.port_usage[0].protocol = pb.TRANSPORT_PROTOCOL_UNSPECIFIED
+    message.port_usage[0].quarantined = 0
+    with pytest.raises(FcpError):
+        convert.external_address_from_proto(message)

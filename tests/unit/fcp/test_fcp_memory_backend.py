@@ -107,6 +107,24 @@ async def test_freed_ports_are_quarantined_for_120_seconds(clock: FakeClock) -> 
     assert again.external_ports == first.external_ports
 
 
+async def test_port_usage_counts_bound_and_quarantined_ports(clock: FakeClock) -> None:
+    backend = tiny(clock, (20000, 20009))
+    await backend.reserve_binding(OWNER, req("g1", 40000))
+    await backend.reserve_binding(OWNER, req("g2", 40002))
+    await backend.change_group_lifetime(OWNER, GroupLifetimeChange("g1", 0))
+
+    async def usage() -> dict[TransportProtocol, tuple[int, int, int, int]]:
+        (address,) = await backend.get_external_addresses(OWNER)
+        return {u.protocol: (u.total, u.bound, u.quarantined, u.free) for u in address.port_usage}
+
+    assert await usage() == {
+        TransportProtocol.UDP: (10, 2, 2, 6),
+        TransportProtocol.TCP: (10, 0, 0, 10),
+    }
+    clock.advance(120)
+    assert (await usage())[TransportProtocol.UDP] == (10, 2, 0, 8)
+
+
 async def test_quotas_and_capabilities(clock: FakeClock) -> None:
     backend = tiny(clock, (20000, 29999), max_bindings_per_group=2, max_block_size=4)
     await backend.reserve_binding(OWNER, req(port=40000))
