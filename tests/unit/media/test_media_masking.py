@@ -187,3 +187,50 @@ def test_token_pattern_takes_whole_runs_only() -> None:
     assert [m.group(0) for m in TOKEN_RE.finditer(f"{token}@x;{token}>")] == [token] * 2
     assert TOKEN_RE.search(token + "a" * (masking.MAX_TOKEN_CHARS - len(token) + 1)) is None
     assert re.fullmatch(r"sw-[a-z2-7]+", token)
+
+
+class _CountingSiv:
+    """Stands in for the table's AESSIV and counts what it is asked to do."""
+
+    def __init__(self, siv: object) -> None:
+        self.siv = siv
+        self.encrypts = self.decrypts = 0
+
+    def encrypt(self, data: bytes, associated: list[bytes]) -> bytes:
+        self.encrypts += 1
+        return self.siv.encrypt(data, associated)  # type: ignore[attr-defined, no-any-return]
+
+    def decrypt(self, data: bytes, associated: list[bytes]) -> bytes:
+        self.decrypts += 1
+        return self.siv.decrypt(data, associated)  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.mark.interpreted_only  # replaces an attribute of the compiled TokenTable
+def test_repeats_are_answered_from_the_memo_without_sealing_again() -> None:
+    table = TokenTable(SECRET)
+    siv = table._siv = _CountingSiv(table._siv)  # type: ignore[assignment]
+    token = table.token(TEXTS["cid"], NOW, "cid")
+    assert table.token(TEXTS["cid"], NOW + 1.0, "cid") == token
+    assert table.restore(token, NOW, "cid") == TEXTS["cid"]  # one we made: no decryption
+    assert (siv.encrypts, siv.decrypts) == (1, 0)
+    assert table.restore(token, NOW, "uri") is None  # the memo does not skip the kind check
+    assert siv.decrypts == 1
+    other = TokenTable(SECRET).token(TEXTS["uri"], NOW, "uri")  # made by another process
+    assert table.restore(other, NOW, "uri") == TEXTS["uri"]
+    assert table.restore(other, NOW, "uri") == TEXTS["uri"]
+    assert siv.decrypts == 2  # opened once, then remembered
+    forged = _changed(other, 30)
+    assert table.restore(forged, NOW, "uri") is None
+    assert table.restore(forged, NOW, "uri") is None
+    assert siv.decrypts == 4  # a failure is never remembered
+
+
+def test_the_memo_is_bounded_and_a_cleared_memo_changes_no_answer() -> None:
+    table = TokenTable(SECRET)
+    first = table.token("cid\x00first@10.77.0.10", NOW, "cid")
+    tokens = [table.token(f"{n}@10.77.0.11", NOW, "cid") for n in range(masking.MEMO_ENTRIES + 5)]
+    assert len(table._sealed) <= masking.MEMO_ENTRIES
+    assert len(table._opened) <= masking.MEMO_ENTRIES
+    assert table.token("cid\x00first@10.77.0.10", NOW, "cid") == first
+    assert table.restore(first, NOW, "cid") == "cid\x00first@10.77.0.10"
+    assert table.restore(tokens[0], NOW, "cid") == "0@10.77.0.11"
