@@ -91,6 +91,20 @@ class Release:
 AgentAction = Reserve | Enable | ChangeLifetime | ChangeGroup | Release
 
 
+def stamped(action: AgentAction, token: int, deadline: float) -> AgentAction:
+    """`action` with a new token and deadline (what `dataclasses.replace` would give,
+    without its interpreted field walk on every operation of every call)."""
+    if isinstance(action, Reserve):
+        return Reserve(action.agent, action.request, token, deadline)
+    if isinstance(action, Enable):
+        return Enable(action.agent, action.request, token, deadline)
+    if isinstance(action, ChangeLifetime):
+        return ChangeLifetime(action.agent, action.request, token, deadline)
+    if isinstance(action, ChangeGroup):
+        return ChangeGroup(action.agent, action.request, token, deadline)
+    return Release(action.agent, action.group_id, token, deadline, action.idempotency_key)
+
+
 # ---- results (shell -> core) ----------------------------------------------------------
 
 

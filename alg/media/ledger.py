@@ -27,6 +27,7 @@ from alg.media.actions import (
     Refused,
     Release,
     Resolution,
+    stamped,
 )
 from alg.media.agents import AgentPool
 from alg.media.antiforgery import Registrations, TrustedPeer
@@ -142,17 +143,13 @@ class Ledger:
         self, call: Call, action: AgentAction, purpose: tuple[object, ...], now: float
     ) -> None:
         token = next(self._numbers)
-        action = dataclasses.replace(
-            action, token=token, deadline=now + self.pool.settings.deadline
-        )
+        action = stamped(action, token, now + self.pool.settings.deadline)
         self._ops[token] = Op(call.call_id, action, purpose)
         self._actions.append(action)
 
     def _retry(self, op: Op, now: float) -> None:
         token = next(self._numbers)
-        op.action = dataclasses.replace(
-            op.action, token=token, deadline=now + self.pool.settings.deadline
-        )
+        op.action = stamped(op.action, token, now + self.pool.settings.deadline)
         op.retry_at = None
         op.attempts += 1
         self._ops[token] = op

@@ -21,8 +21,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from alg.sdp import AnchorPlan, MediaAnchor, SessionDescription
+from alg.sip.memo import Memo
 from fcp.types import Binding, BindingKind, Endpoint, IPAddress
 
 
@@ -43,13 +45,20 @@ class Need:
 StreamNeeds = tuple[Need, ...]  # (), (pair|single|block,), or (rtp single, rtcp single)
 
 
-def ip_literal(text: str | None) -> IPAddress | None:
-    if text is None:
-        return None
+def _parse_ip_literal(text: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(text)
     except ValueError:
         return None  # a name (RFC 8866 allows FQDNs): nothing to bind or restrict to
+
+
+# ipaddress parses in interpreted Python (~3 us), several times per anchored call, and the
+# phones' addresses recur: a bounded memo (alg.sip.memo; a name is not remembered).
+_IP_LITERALS: Final = Memo(_parse_ip_literal)
+
+
+def ip_literal(text: str | None) -> IPAddress | None:
+    return None if text is None else _IP_LITERALS(text)
 
 
 def has_attribute(sdp: SessionDescription, index: int, name: str) -> bool:

@@ -84,6 +84,17 @@ def test_with_changes_reassembles() -> None:
     assert str(v6) == "sip:[2001:db8::5];transport=udp"
 
 
+def test_with_changes_keeps_every_part_it_is_not_told_to_change() -> None:
+    uri = parse_uri("sips:alice:secret@[2001:db8::1]:5061;transport=tcp;lr?subject=hi")
+    assert isinstance(uri, SipUri)
+    same = uri.with_changes()
+    assert same == uri and str(same) == str(uri)
+    assert (same.password, same.headers) == ("secret", "subject=hi")
+    params = uri.with_changes(params=(("maddr", "192.0.2.1"),))
+    assert str(params) == "sips:alice:secret@[2001:db8::1]:5061;maddr=192.0.2.1?subject=hi"
+    assert params.is_sips and params.host_kind == "ipv6"
+
+
 def test_tel_and_other_schemes() -> None:
     tel = parse_uri("tel:+1-201-555-0123;phone-context=example.com")
     assert isinstance(tel, TelUri)
