@@ -219,6 +219,15 @@ class SessionDescription:
         return port + 1 if port < _MAX_PORT else None
 
     def stream(self, index: int) -> MediaStream:
+        return self.streams[index]
+
+    @cached_property
+    def streams(self) -> tuple[MediaStream, ...]:
+        """Every stream, resolved once per description: the media core asks about the same
+        offer and answer several times per call."""
+        return tuple(self._stream(index) for index in range(len(self.layout.media_lines)))
+
+    def _stream(self, index: int) -> MediaStream:
         media_line = self.layout.media_lines[index]
         connection = self.effective_connection(index)
         rtcp = self.layout.sections[index + 1].rtcp
@@ -238,7 +247,3 @@ class SessionDescription:
             on_hold=self.is_on_hold(index),
             disabled=media_line.port == 0,
         )
-
-    @property
-    def streams(self) -> tuple[MediaStream, ...]:
-        return tuple(self.stream(index) for index in range(len(self.layout.media_lines)))

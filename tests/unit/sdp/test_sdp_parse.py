@@ -275,6 +275,12 @@ def test_streams_summary() -> None:
     assert streams[2].direction is Direction.SENDONLY
 
 
+def test_streams_are_resolved_once_per_description() -> None:
+    sdp = parse_sdp(EXAMPLE)
+    assert sdp.stream(1) is sdp.stream(1) is sdp.streams[1]
+    assert parse_sdp(EXAMPLE).stream(1) == sdp.stream(1)  # equal, not shared
+
+
 def test_trailing_blank_line_is_tolerated_and_kept() -> None:
     body = EXAMPLE + b"\r\n"
     assert parse_sdp(body).to_bytes() == body
