@@ -240,11 +240,12 @@ def hide_outbound(
         call_id = msg.field_value(field).decode("utf-8", "surrogateescape")
         if inside.find_in(call_id.encode("utf-8", "surrogateescape")):
             edit.replace_value(field, _token(tokens, call_id, now, "cid").encode())
-    for field in msg.fields:
-        if field.name in ESSENTIAL or field.name.startswith("content-"):
+    for position, span in enumerate(msg.spans):
+        name = span[0]
+        if name in ESSENTIAL or name.startswith("content-"):
             continue
-        if inside.find_in(msg.field_value(field)):
-            edit.delete_field(field)
+        if inside.find_in(msg.field_value(span)):
+            edit.delete_field(msg.field_at(position))
 
 
 def _stash_vias(edit: MessageEditor, stash: ViaStash, now: float) -> None:
@@ -340,16 +341,16 @@ def restore_inbound(data: bytes, tokens: TokenTable, stash: ViaStash, now: float
         if restored != uri_text:
             edit.set_request_uri(restored)
             changed = True
-    for field in msg.fields:
-        if field.name == "via":
+    for position, span in enumerate(msg.spans):
+        if span[0] == "via":
             continue
-        raw = msg.field_value(field)
+        raw = msg.field_value(span)
         if _PREFIX_BYTES not in raw:
             continue
         text = raw.decode("utf-8", "surrogateescape")
         restored = restorer.text(text)
         if restored != text:
-            edit.replace_value(field, restored.encode("utf-8", "surrogateescape"))
+            edit.replace_value(msg.field_at(position), restored.encode("utf-8", "surrogateescape"))
             changed = True
     if not msg.is_request and msg.has("via"):
         vias = stash.get(msg.top_via.branch or "", now)

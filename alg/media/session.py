@@ -171,6 +171,10 @@ class RuleKey:
     need: Need
     peer: IPAddress
 
+    def __hash__(self) -> int:
+        # see Need.__hash__: consistent with __eq__, without ipaddress's interpreted hash
+        return hash((self.index, self.need.port, self.need.block_size))
+
 
 class Slot(enum.Enum):
     PENDING = "pending"

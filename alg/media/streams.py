@@ -41,6 +41,13 @@ class Need:
     def internal(self) -> Endpoint:
         return Endpoint(self.address, self.port)
 
+    def __hash__(self) -> int:
+        # Needs key the call's bindings and rules, hashed dozens of times per call; the
+        # generated hash would call ipaddress's and Enum's __hash__, both interpreted
+        # Python. Equal needs have equal ports, so this is consistent with __eq__; needs
+        # that differ only in address or kind just share a bucket (a call has a few).
+        return hash((self.port, self.block_size))
+
 
 StreamNeeds = tuple[Need, ...]  # (), (pair|single|block,), or (rtp single, rtcp single)
 

@@ -208,6 +208,13 @@ class SipMessage:
         """Every header field, in order."""
         return tuple(HeaderField._make(span) for span in self._spans)
 
+    @property
+    def spans(self) -> tuple[Span, ...]:
+        """Every header field as its plain tuple (HeaderField's order), for scans that look
+        at every field and act on few: no NamedTuple built per field (`field_at` builds
+        one for a position)."""
+        return self._spans
+
     def field_at(self, position: int) -> HeaderField:
         return HeaderField._make(self._spans[position])
 

@@ -17,7 +17,8 @@ from alg.media.actions import (
     Reserve,
     stamped,
 )
-from alg.media.streams import ip_literal
+from alg.media.session import RuleKey
+from alg.media.streams import Need, ip_literal
 from fcp.types import (
     BindingKind,
     BindingRequest,
@@ -59,3 +60,19 @@ def test_ip_literals_parse_like_ipaddress_and_names_are_none() -> None:
     assert ip_literal("media.example.com") is None  # not remembered as an address
     assert ip_literal("10.77.0.256") is None
     assert ip_literal(None) is None
+
+
+def test_needs_and_rule_keys_hash_consistently_with_their_equality() -> None:
+    """Their hashes leave out the addresses (ipaddress hashes in interpreted Python):
+    equal keys must still hash equal, and keys differing only there stay apart."""
+    a = Need(ipaddress.IPv4Address("10.77.0.10"), 4000, BindingKind.RTP_PAIR)
+    same = Need(ipaddress.IPv4Address("10.77.0.10"), 4000, BindingKind.RTP_PAIR)
+    other = Need(ipaddress.IPv4Address("10.77.0.11"), 4000, BindingKind.RTP_PAIR)
+    single = Need(ipaddress.IPv4Address("10.77.0.10"), 4000, BindingKind.SINGLE)
+    assert a == same and hash(a) == hash(same)
+    table = {a: 1, other: 2, single: 3}
+    assert (table[same], table[other], table[single], len(table)) == (1, 2, 3, 3)
+    key = RuleKey(0, a, PEER)
+    keys = {key, RuleKey(0, same, PEER), RuleKey(0, a, ipaddress.IPv4Address("198.51.100.8"))}
+    keys |= {RuleKey(1, a, PEER), RuleKey(0, other, PEER)}
+    assert len(keys) == 4 and RuleKey(0, same, PEER) in keys
