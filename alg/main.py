@@ -41,8 +41,12 @@ def log_settings(config: AlgConfig) -> LogSettings:
 
 
 # How often the running ALG collects its young garbage and freezes the survivors
-# (sipwall.heap): the objects of a quarter second, a few ms at thousands of calls/s.
-HEAP_TICK_SECONDS = 0.25
+# (sipwall.heap). The total work is the same at any period (each object is walked about
+# once), but a tick's pause grows with the objects made since the last one: at 3,200
+# calls/s the 99th-percentile pause was 26 ms with 0.25 s ticks and 3 ms with 0.05 s
+# (bench/proxy_core_cpu.py --gc-pauses; set-up aside), and the lab's UDP drops at an
+# overloading step halved (bench/proxy_cps.py at 3,805 calls/s, two runs each).
+HEAP_TICK_SECONDS = 0.05
 
 
 def collector_policy() -> HeapPolicy:

@@ -17,7 +17,7 @@ The peers' answers are built from what the proxy sent, the way sipp builds them
 ([last_Via:], [last_Record-Route:], the Route set from the 200's Record-Route); their
 cost is not counted: only the time spent inside the measured calls is (process CPU
 time), with the core's `get_timer()` after each, which the shell calls to re-arm its
-loop timer, and the garbage collector's ticks (alg.main.collector_policy, every 0.25 s
+loop timer, and the garbage collector's ticks (alg.main.collector_policy, every 0.05 s
 of the virtual clock), which the process spends on the calls too. `--call-seconds` sets
 how many calls are up at once (rate x duration).
 
@@ -34,6 +34,7 @@ only count the datagrams: everything `sipwall alg` runs per datagram except the 
     .venv/bin/python bench/proxy_core_cpu.py                 # stateful and stateless
     .venv/bin/python bench/proxy_core_cpu.py --mode anchored --profile 25
     .venv/bin/python bench/proxy_core_cpu.py --mode stateful --profile 25
+    .venv/bin/python bench/proxy_core_cpu.py --mode stateful --calls 40000 --rate 3200 --gc-pauses
     LAST line: proxy_core_us_per_call: <stateful core us/call> us
 """
 
@@ -42,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import pstats
 import sys
 import tempfile
@@ -394,8 +396,24 @@ def main() -> None:
         default=CALL_SECONDS,
         help="call duration (virtual): rate x this many calls are up at once",
     )
+    parser.add_argument(
+        "--gc-pauses",
+        action="store_true",
+        help="also print the collector's pauses (gc.callbacks): count, p50, p99, max",
+    )
     args = parser.parse_args()
     modes = ("stateful", "stateless") if args.mode == "both" else (args.mode,)
+    pauses: list[float] = []
+    if args.gc_pauses:
+        started = [0.0]
+
+        def timed(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                pauses.append(time.perf_counter() - started[0])
+
+        gc.callbacks.append(timed)
 
     async def measure(mode: str, shell: bool) -> float:  # the shell needs a running loop
         rounds = 1 if args.profile else args.rounds
@@ -417,6 +435,14 @@ def main() -> None:
             results[mode, shell] = asyncio.run(measure(mode, shell))
             where = "core + asyncio shell" if shell else "core"
             print(f"{mode:9s} {where:20s} {results[mode, shell]:7.1f} us/call", flush=True)
+    if pauses:
+        pauses.sort()
+        count = len(pauses)
+        print(
+            f"collector pauses: {count}, p50 {pauses[count // 2] * 1e3:.1f} ms, "
+            f"p99 {pauses[int(count * 0.99)] * 1e3:.1f} ms, max {pauses[-1] * 1e3:.1f} ms "
+            f"(every generation, set-up included)"
+        )
     headline = results.get(("stateful", False)) or results[modes[0], False]
     print(f"proxy_core_us_per_call: {headline:.1f} us")
 
