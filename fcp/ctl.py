@@ -213,10 +213,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--server-name", help="agent name in its certificate, if not --agent")
     parser.add_argument("--timeout", type=float, default=5.0)
     sub = parser.add_subparsers(dest="command", required=True)
-    for what in ("sessions", "groups", "bindings", "rules", "ports"):
-        help_text = f"list {what}"
-        if what == "ports":
-            help_text = "port usage of every public address (bound, quarantined, free)"
+    listings = {
+        "sessions": "list sessions",
+        "groups": "list groups",
+        "bindings": "list bindings",
+        "rules": "list rules",
+        "ports": "port usage of every public address (bound, quarantined, free)",
+    }
+    for what, help_text in listings.items():
         p = sub.add_parser(what, help=help_text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
     release = sub.add_parser("release", help="release a group, binding or rule (lifetime 0)")

@@ -53,6 +53,34 @@ def _bad(what: str) -> SipParseError:
     return SipParseError(400, f"Malformed {what}")
 
 
+def _host_port(host: str, host_kind: HostKind, port: int | None) -> str:
+    bracketed = f"[{host}]" if host_kind == "ipv6" else host
+    return bracketed if port is None else f"{bracketed}:{port}"
+
+
+def _assemble(
+    scheme: str,
+    user: str | None,
+    password: str | None,
+    host_port: str,
+    *,
+    params: tuple[tuple[str, str | None], ...],
+    headers: str | None,
+) -> str:
+    out = [scheme, ":"]
+    if user is not None:
+        out.append(user)
+        if password is not None:
+            out += [":", password]
+        out.append("@")
+    out.append(host_port)
+    for key, value in params:
+        out += [";", key] if value is None else [";", key, "=", value]
+    if headers is not None:
+        out += ["?", headers]
+    return "".join(out)
+
+
 @dataclass(frozen=True, slots=True)
 class SipUri:
     """sip: or sips: URI. `params` keep their order and original case; names compare
@@ -87,8 +115,7 @@ class SipUri:
     @property
     def host_port(self) -> str:
         """host[:port] as written in a Via sent-by or a URI (IPv6 in brackets)."""
-        host = f"[{self.host}]" if self.host_kind == "ipv6" else self.host
-        return host if self.port is None else f"{host}:{self.port}"
+        return _host_port(self.host, self.host_kind, self.port)
 
     def with_changes(
         self,
@@ -100,43 +127,40 @@ class SipUri:
     ) -> SipUri:
         """A new URI with some parts replaced; its text is re-assembled. `False` = keep."""
         new_host, new_kind = (self.host, self.host_kind) if host is None else _classify(host)
-        # Built directly: dataclasses.replace is interpreted Python, ~3 us a call, and a
-        # masked or forwarded message changes a few URIs.
-        changed = SipUri(
+        new_user = self.user if user is False else user
+        new_port = self.port if port is False else port
+        new_params = self.params if params is None else params
+        # Built directly, text and all: dataclasses.replace is interpreted Python (~3 us a
+        # call), and a masked or forwarded message changes a few URIs.
+        text = _assemble(
             self.scheme,
-            self.user if user is False else user,
+            new_user,
+            self.password,
+            _host_port(new_host, new_kind, new_port),
+            params=new_params,
+            headers=self.headers,
+        )
+        return SipUri(
+            self.scheme,
+            new_user,
             self.password,
             new_host,
             new_kind,
-            self.port if port is False else port,
-            self.params if params is None else params,
+            new_port,
+            new_params,
             self.headers,
-        )
-        return SipUri(
-            changed.scheme,
-            changed.user,
-            changed.password,
-            changed.host,
-            changed.host_kind,
-            changed.port,
-            changed.params,
-            changed.headers,
-            changed.assemble(),
+            text,
         )
 
     def assemble(self) -> str:
-        out = [self.scheme, ":"]
-        if self.user is not None:
-            out.append(self.user)
-            if self.password is not None:
-                out += [":", self.password]
-            out.append("@")
-        out.append(self.host_port)
-        for key, value in self.params:
-            out += [";", key] if value is None else [";", key, "=", value]
-        if self.headers is not None:
-            out += ["?", self.headers]
-        return "".join(out)
+        return _assemble(
+            self.scheme,
+            self.user,
+            self.password,
+            self.host_port,
+            params=self.params,
+            headers=self.headers,
+        )
 
     def __str__(self) -> str:
         return self.text or self.assemble()
