@@ -23,7 +23,7 @@ import itertools
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from alg.affinity import Affinity
 from alg.cdr import Cdr
@@ -34,6 +34,7 @@ from alg.media.perform import AgentApi, Batched, coalesce, perform, perform_batc
 from alg.proxy import ProxyCore
 from alg.proxy_model import SIDES, Endpoint, Send, Side
 from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
+from alg.tls import TlsContexts, contexts
 from alg.workers import spread_at_random
 from fcp.types import Event, EventKind, Session
 
@@ -79,6 +80,9 @@ class AgentEvents(Protocol):
 # else is queued, up to this many (so timers and the other socket are not starved).
 UDP_READ_BATCH = 32
 UDP_MAX_DATAGRAM = 65_536
+
+CONNECT_SECONDS = 5.0  # an outgoing TCP or TLS connection, handshake included
+TLS_HANDSHAKE_SECONDS = 5.0  # either way: a peer that stalls it holds nothing longer
 
 
 def _bound_udp_socket(host: str, port: int, workers: int = 1) -> socket.socket | None:
@@ -137,23 +141,25 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    """One TCP connection, framed by `SipStreamReader`."""
+    """One TCP or TLS connection (`kind`), framed by `SipStreamReader`. asyncio hands a
+    TLS connection's protocol the decrypted bytes, after the handshake."""
 
-    def __init__(self, shell: AlgShell, side: Side, number: int) -> None:
+    def __init__(self, shell: AlgShell, side: Side, number: int, kind: str = "TCP") -> None:
         self.shell = shell
         self.side = side
         self.number = number
+        self.kind = kind
         self.reader = SipStreamReader(shell.config.max_message_size)
         self.transport: asyncio.Transport | None = None
-        self.peer = Endpoint(side, "TCP", "", 0, number)
+        self.peer = Endpoint(side, kind, "", 0, number)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # asyncio's contract for Protocol
         self.transport = transport
         host, port = transport.get_extra_info("peername")[:2]
-        self.peer = Endpoint(self.side, "TCP", str(host), int(port), self.number)
+        self.peer = Endpoint(self.side, self.kind, str(host), int(port), self.number)
         self.shell.connections[self.number] = self
-        self.shell.by_peer[(self.side, self.peer.host, self.peer.port)] = self
+        self.shell.by_peer[(self.side, self.kind, self.peer.host, self.peer.port)] = self
 
     def data_received(self, data: bytes) -> None:
         for event in self.reader.feed(data):
@@ -171,7 +177,7 @@ class _Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.shell.connections.pop(self.number, None)
-        key = (self.side, self.peer.host, self.peer.port)
+        key = (self.side, self.kind, self.peer.host, self.peer.port)
         if self.shell.by_peer.get(key) is self:
             del self.shell.by_peer[key]
 
@@ -202,7 +208,19 @@ class AlgShell:
         self.udp: dict[Side, asyncio.DatagramTransport] = {}
         self.servers: list[asyncio.Server] = []
         self.connections: dict[int, _Stream] = {}
-        self.by_peer: dict[tuple[Side, str, int], _Stream] = {}
+        # connections by (side, "TCP"/"TLS", host, port), for reuse (RFC 3261 §18.1.1)
+        self.by_peer: dict[tuple[Side, str, str, int], _Stream] = {}
+        # TLS contexts of the sides with "tls" in their transports (alg.tls)
+        self.tls: dict[Side, TlsContexts] = {}
+        for side in SIDES:
+            settings = getattr(config, side).tls
+            if settings is not None:
+                self.tls[side] = contexts(settings)
+                if not settings.verify:
+                    log.warning(
+                        "%s: TLS servers' certificates are NOT verified (tls_verify = false)",
+                        side,
+                    )
         self._numbers = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
@@ -231,6 +249,18 @@ class AlgShell:
                     self._stream_factory(side), *address, reuse_address=True
                 )
                 self.servers.append(server)
+            if side in self.tls:
+                tls_port = side_config.tls.port
+                server = await self._loop.create_server(
+                    self._stream_factory(side, "TLS"),
+                    side_config.address,
+                    tls_port,
+                    ssl=self.tls[side].server,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS,
+                    reuse_address=True,
+                )
+                self.servers.append(server)
+                log.info("listening on %s %s:%d tls", side, side_config.address, tls_port)
             log.info("listening on %s %s:%d %s", side, *address, side_config.transports)
         self._start_agent_watches()
 
@@ -287,8 +317,8 @@ class AlgShell:
         deliver = self.deliver if self.affinity is None else self.affinity.route
         return lambda: _Datagrams(side, deliver, sock)
 
-    def _stream_factory(self, side: Side) -> Callable[[], _Stream]:
-        return lambda: _Stream(self, side, next(self._numbers))
+    def _stream_factory(self, side: Side, kind: str = "TCP") -> Callable[[], _Stream]:
+        return lambda: _Stream(self, side, next(self._numbers), kind)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -413,7 +443,7 @@ class AlgShell:
         if target.connection is not None:
             stream = self.connections.get(target.connection)
         if stream is None:
-            stream = self.by_peer.get((target.side, target.host, target.port))
+            stream = self.by_peer.get((target.side, target.transport, target.host, target.port))
         if stream is not None and stream.transport is not None:
             stream.transport.write(send.data)
             return
@@ -421,21 +451,54 @@ class AlgShell:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def _undelivered(self, send: Send) -> None:
+        """Tell the core a request could not be sent (RFC 3261 §16.9: as if a 503)."""
+        try:
+            sends = self.core.transport_failed(send, self._loop.time())
+        except Exception:  # the core must never crash the shell
+            log.exception("core failed on a transport error towards %s", send.to)
+            return
+        self._dispatch(sends)
+        self._after_core()
+
     async def _connect_and_send(self, send: Send) -> None:
         target = send.to
         side_config = getattr(self.config, target.side)
+        tls: dict[str, Any] = {}
+        if target.transport == "TLS":
+            contexts = self.tls.get(target.side)
+            if contexts is None:
+                # never downgrade a hop that asked for TLS to plain TCP (RFC 3261 §26.2.1)
+                log.warning(
+                    "no TLS on the %s side: not sending to %s:%d over TLS",
+                    target.side,
+                    target.host,
+                    target.port,
+                )
+                self._undelivered(send)
+                return
+            client = contexts.client
+            tls = {
+                "ssl": client,
+                # the address is what we can check: see alg.tls
+                "server_hostname": target.host if client.check_hostname else None,
+                "ssl_handshake_timeout": TLS_HANDSHAKE_SECONDS,
+            }
         try:
             _, protocol = await asyncio.wait_for(
                 self._loop.create_connection(
-                    self._stream_factory(target.side),
+                    self._stream_factory(target.side, target.transport),
                     target.host,
                     target.port,
                     local_addr=(side_config.address, 0),
+                    **tls,
                 ),
-                timeout=5.0,
+                timeout=CONNECT_SECONDS,
             )
-        except (OSError, TimeoutError) as exc:
-            log.info("cannot connect to %s:%d: %s", target.host, target.port, exc)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            where = f"{target.host}:{target.port} over {target.transport}"
+            log.warning("cannot connect to %s: %s", where, exc)
+            self._undelivered(send)
             return
         if protocol.transport is not None:
             protocol.transport.write(send.data)

@@ -16,6 +16,7 @@ from typing import Any
 from alg.errors import AlgError
 from alg.proxy_model import SIDES, Interface, ProxyConfig, Side
 from alg.sip import DEFAULT_MAX_SIZE
+from alg.tls import TlsSettings, TlsSetupError, contexts
 from alg.transactions import TimerSettings
 
 
@@ -28,6 +29,7 @@ class SideConfig:
     address: str
     port: int = 5060
     transports: tuple[str, ...] = ("udp", "tcp")
+    tls: TlsSettings | None = None  # set exactly when "tls" is in `transports`
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +140,18 @@ class AlgConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def proxy_config(self) -> ProxyConfig:
+        sides: tuple[tuple[Side, SideConfig], ...] = (
+            ("inside", self.inside),
+            ("outside", self.outside),
+        )
         interfaces: dict[Side, Interface] = {
-            "inside": Interface("inside", self.inside.address, self.inside.port),
-            "outside": Interface("outside", self.outside.address, self.outside.port),
+            side: Interface(
+                side,
+                config.address,
+                config.port,
+                config.tls.port if config.tls is not None else None,
+            )
+            for side, config in sides
         }
         return ProxyConfig(
             interfaces=interfaces,
@@ -152,9 +163,27 @@ class AlgConfig:
         )
 
 
+_SIDE_OPTIONS = frozenset(
+    {
+        "address",
+        "port",
+        "transports",
+        "tls_port",
+        "tls_cert",
+        "tls_key",
+        "tls_ca",
+        "tls_verify",
+        "tls_require_client_cert",
+    }
+)
+
+
 def _side(raw: Any, name: Side) -> SideConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"[{name}] section is required (address, port, transports)")
+    unknown = set(raw) - _SIDE_OPTIONS
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown option(s) {', '.join(sorted(unknown))}")
     try:
         address = str(ipaddress.ip_address(raw["address"]))
     except KeyError:
@@ -165,9 +194,53 @@ def _side(raw: Any, name: Side) -> SideConfig:
     if not isinstance(port, int) or not 1 <= port <= 65535:
         raise ConfigError(f"[{name}].port must be 1-65535")
     transports = tuple(str(t).lower() for t in raw.get("transports", ("udp", "tcp")))
-    if not transports or not set(transports) <= {"udp", "tcp"}:
-        raise ConfigError(f"[{name}].transports must be a non-empty subset of udp, tcp")
-    return SideConfig(address, port, transports)
+    if not transports or not set(transports) <= {"udp", "tcp", "tls"}:
+        raise ConfigError(f"[{name}].transports must be a non-empty subset of udp, tcp, tls")
+    tls = _tls(raw, name, port) if "tls" in transports else None
+    if tls is None and any(key.startswith("tls_") for key in raw):
+        raise ConfigError(f'[{name}]: tls_* options need "tls" in transports')
+    return SideConfig(address, port, transports, tls)
+
+
+def _tls(raw: Mapping[str, Any], name: Side, port: int) -> TlsSettings:
+    files: dict[str, str | None] = {}
+    for option in ("tls_cert", "tls_key", "tls_ca"):
+        value = raw.get(option)
+        if value is None:
+            files[option] = None
+            continue
+        if not isinstance(value, str) or not Path(value).is_file():
+            raise ConfigError(f"[{name}].{option} is not a readable file: {value!r}")
+        files[option] = value
+    cert, key = files["tls_cert"], files["tls_key"]
+    if cert is None or key is None:
+        raise ConfigError(f'[{name}]: "tls" in transports needs tls_cert and tls_key (PEM)')
+    tls_port = raw.get("tls_port", 5061)
+    if not isinstance(tls_port, int) or isinstance(tls_port, bool) or not 1 <= tls_port <= 65535:
+        raise ConfigError(f"[{name}].tls_port must be 1-65535")
+    if tls_port == port:
+        raise ConfigError(f"[{name}].tls_port must differ from port (TCP listens there)")
+    flags = {}
+    for option, default in (("tls_verify", True), ("tls_require_client_cert", False)):
+        value = raw.get(option, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"[{name}].{option} must be true or false")
+        flags[option] = value
+    if flags["tls_require_client_cert"] and files["tls_ca"] is None:
+        raise ConfigError(f"[{name}].tls_require_client_cert needs tls_ca (whom to trust)")
+    settings = TlsSettings(
+        cert,
+        key,
+        tls_port,
+        files["tls_ca"],
+        flags["tls_verify"],
+        flags["tls_require_client_cert"],
+    )
+    try:
+        contexts(settings)  # a key that does not match its certificate fails here, not later
+    except TlsSetupError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from None
+    return settings
 
 
 def _section(data: Mapping[str, Any], name: str, allowed: set[str]) -> Mapping[str, Any]:

@@ -177,7 +177,7 @@ def build_forwarded(
         if source.side != target.side:
             entries.append(config.interfaces[source.side].uri(source.transport))
         edit.prepend("record-route", ", ".join(f"<{e}>" for e in entries).encode())
-    via = f"SIP/2.0/{target.transport} {outgoing.sent_by()};branch={branch};rport"
+    via = f"SIP/2.0/{target.transport} {outgoing.sent_by(target.transport)};branch={branch};rport"
     edit.prepend("via", via.encode())
     return edit.apply()
 

@@ -37,7 +37,7 @@ import itertools
 import logging
 from collections import Counter
 
-from alg.builders import new_tag
+from alg.builders import build_response, new_tag
 from alg.call_events import CallEvents
 from alg.cdr import CallRecorder, Cdr
 from alg.errors import SipParseError
@@ -79,6 +79,7 @@ from alg.sip import (
 )
 from alg.transaction_keys import ClientKey, LegacyServerKey, ServerKey, client_key, server_key
 from alg.transactions import (
+    Action,
     Event,
     Kind,
     State,
@@ -259,6 +260,35 @@ class ProxyCore(ProxyResponses):
         for server in self._parked.pop(uri, []):
             if not server.txn.terminated:
                 self._route_server(server, now, out)
+        return out
+
+    def transport_failed(self, send: Send, now: float) -> list[Send]:
+        """The shell could not deliver `send`: a TCP connection was refused, a TLS
+        handshake or certificate check failed, or the side has no TLS. RFC 3261 §16.9: a
+        proxy MUST behave as if the forwarded request got a 503, so the client
+        transaction ends at once (§17.1.4) instead of after Timer B or F, the next
+        target of a serial list is tried, and the caller gets the best answer (a 503
+        becomes 500, §16.7 step 6). A response or an ACK has no transaction to fail."""
+        out: list[Send] = []
+        if self.config.stateless:
+            return out
+        try:
+            msg = parse_message(send.data)
+            key = client_key(msg)
+        except SipParseError:
+            return out  # not a request we forwarded (we built it, so it would parse)
+        branch = self._clients.get(key)
+        if branch is None or branch.destination != send.to or branch.data != send.data:
+            return out
+        self.stats["transport_failed"] += 1
+        for action in branch.txn.handle(Event.TRANSPORT_ERROR, now):
+            if action is Action.TRANSPORT_FAILED:
+                failed = parse_message(build_response(branch.request, 503))
+                branch.timer_c = None
+                self._deliver(branch, failed, now, out)
+            elif action is Action.TERMINATE:
+                self._forget_client(branch)
+        self._schedule(branch)
         return out
 
     def take_lookups(self) -> list[str]:

@@ -46,19 +46,28 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Interface:
-    """Our SIP address on one side (what goes into Via and Record-Route)."""
+    """Our SIP address on one side (what goes into Via and Record-Route). UDP and TCP
+    share `port`; TLS listens on its own `tls_port` (RFC 3261 §26.2: 5061 by default),
+    None when the side has no TLS."""
 
     side: Side
     host: str
     port: int = 5060
+    tls_port: int | None = None
+
+    def port_for(self, transport: str) -> int:
+        if transport == "TLS" and self.tls_port is not None:
+            return self.tls_port
+        return self.port
 
     def uri(self, transport: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"sip:{host}:{self.port};transport={transport.lower()};lr;r2=on"
+        port = self.port_for(transport)
+        return f"sip:{host}:{port};transport={transport.lower()};lr;r2=on"
 
-    def sent_by(self) -> str:
+    def sent_by(self, transport: str = "UDP") -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return f"{host}:{self.port_for(transport)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +93,12 @@ class ProxyConfig:
     def __post_init__(self) -> None:
         networks = tuple(ipaddress.ip_network(net, strict=False) for net in self.inside_networks)
         object.__setattr__(self, "_networks", networks)
-        ours = frozenset((iface.host, iface.port) for iface in self.interfaces.values())
+        ours = frozenset(
+            (iface.host, port)
+            for iface in self.interfaces.values()
+            for port in (iface.port, iface.tls_port)
+            if port is not None
+        )
         object.__setattr__(self, "_ours", ours)
 
     def side_of(self, host: str) -> Side:

@@ -57,15 +57,23 @@ class RunningAlg:
 
 @contextlib.contextmanager
 def alg_process(
-    workdir: Path, extra_toml: str = "", mode: str = "stateful"
+    workdir: Path,
+    extra_toml: str = "",
+    mode: str = "stateful",
+    *,
+    inside_toml: str = "",
+    outside_toml: str = "",
+    proxy_toml: str = "",
 ) -> Iterator[RunningAlg]:
+    """The ALG on 127.0.0.1 (inside) and 127.0.0.17 (outside); `inside_toml`,
+    `outside_toml` and `proxy_toml` are more options of those sections (e.g. TLS)."""
     inside = ("127.0.0.1", free_port("127.0.0.1"))
     outside = ("127.0.0.17", free_port("127.0.0.17"))
     config = workdir / "alg.toml"
     config.write_text(
-        f'[inside]\naddress = "{inside[0]}"\nport = {inside[1]}\n'
-        f'[outside]\naddress = "{outside[0]}"\nport = {outside[1]}\n'
-        f'[proxy]\nmode = "{mode}"\ninside_networks = ["127.0.0.0/28"]\n'
+        f'[inside]\naddress = "{inside[0]}"\nport = {inside[1]}\n{inside_toml}'
+        f'[outside]\naddress = "{outside[0]}"\nport = {outside[1]}\n{outside_toml}'
+        f'[proxy]\nmode = "{mode}"\ninside_networks = ["127.0.0.0/28"]\n{proxy_toml}'
         f'[log]\nlevel = "WARNING"\n' + extra_toml
     )
     log = workdir / "alg.log"
