@@ -21,6 +21,7 @@ import functools
 import ipaddress
 import itertools
 import logging
+import resource
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -28,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 from alg.affinity import Affinity
 from alg.cdr import Cdr
 from alg.config import AlgConfig
+from alg.connections import ConnectionTable
 from alg.media.actions import AgentAction
 from alg.media.agents import GroupGone
 from alg.media.perform import AgentApi, Batched, coalesce, perform, perform_batch
@@ -44,6 +46,23 @@ log = logging.getLogger("sipwall.alg.transport")
 # A burst (or a pause of the process) must not overflow the socket: the kernel's default
 # ~208 KiB holds only a few hundred SIP datagrams. Kamailio asks for the same 4 MiB.
 UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+# descriptors beyond the connections: sockets, the databases, logs, agents' channels
+OPEN_FILES_RESERVE = 256
+
+
+def _allow_open_files(wanted: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards `wanted` (never above the hard limit): the
+    usual soft 1024 would refuse connections long before [proxy] max_connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "open files limited to %d by the hard limit: fewer than max_connections", target
+        )
 
 
 def _enlarge_receive_buffer(sock: socket.socket) -> None:
@@ -144,11 +163,15 @@ class _Stream(asyncio.Protocol):
     """One TCP or TLS connection (`kind`), framed by `SipStreamReader`. asyncio hands a
     TLS connection's protocol the decrypted bytes, after the handshake."""
 
-    def __init__(self, shell: AlgShell, side: Side, number: int, kind: str = "TCP") -> None:
+    def __init__(
+        self, shell: AlgShell, side: Side, number: int, kind: str = "TCP", inbound: bool = True
+    ) -> None:
         self.shell = shell
         self.side = side
         self.number = number
         self.kind = kind
+        self.inbound = inbound  # accepted by us, rather than opened by us
+        self.admitted = False
         self.reader = SipStreamReader(shell.config.max_message_size)
         self.transport: asyncio.Transport | None = None
         self.peer = Endpoint(side, kind, "", 0, number)
@@ -157,11 +180,21 @@ class _Stream(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)  # asyncio's contract for Protocol
         self.transport = transport
         host, port = transport.get_extra_info("peername")[:2]
+        shell = self.shell
+        source = str(host) if self.inbound else None
+        if not shell.streams.admit(self.number, source, shell._loop.time()):
+            log.debug("refused a %s connection from %s (connection limits)", self.kind, host)
+            transport.abort()  # alg.connections: over the total or the per-source limit
+            return
+        self.admitted = True
         self.peer = Endpoint(self.side, self.kind, str(host), int(port), self.number)
-        self.shell.connections[self.number] = self
-        self.shell.by_peer[(self.side, self.kind, self.peer.host, self.peer.port)] = self
+        shell.connections[self.number] = self
+        shell.by_peer[(self.side, self.kind, self.peer.host, self.peer.port)] = self
 
     def data_received(self, data: bytes) -> None:
+        if not self.admitted:
+            return
+        self.shell.streams.used(self.number, self.shell._loop.time())
         for event in self.reader.feed(data):
             if isinstance(event, MessageReceived):
                 self.shell.deliver(event.message.raw, self.peer)
@@ -176,6 +209,9 @@ class _Stream(asyncio.Protocol):
                 self.shell.deliver(event.raw, self.peer)  # the core answers 400
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self.admitted:
+            return
+        self.shell.streams.closed(self.number)
         self.shell.connections.pop(self.number, None)
         key = (self.side, self.kind, self.peer.host, self.peer.port)
         if self.shell.by_peer.get(key) is self:
@@ -208,6 +244,10 @@ class AlgShell:
         self.udp: dict[Side, asyncio.DatagramTransport] = {}
         self.servers: list[asyncio.Server] = []
         self.connections: dict[int, _Stream] = {}
+        # admission and idleness of those connections (alg.connections); counters in the
+        # core's stats, so they reach the stats file
+        self.streams = ConnectionTable(config.connections, core.stats)
+        self._sweeping: asyncio.TimerHandle | None = None
         # connections by (side, "TCP"/"TLS", host, port), for reuse (RFC 3261 §18.1.1)
         self.by_peer: dict[tuple[Side, str, str, int], _Stream] = {}
         # TLS contexts of the sides with "tls" in their transports (alg.tls)
@@ -263,6 +303,20 @@ class AlgShell:
                 log.info("listening on %s %s:%d tls", side, side_config.address, tls_port)
             log.info("listening on %s %s:%d %s", side, *address, side_config.transports)
         self._start_agent_watches()
+        if self.servers or any(side in self.tls for side in SIDES):
+            _allow_open_files(self.config.connections.max_total + OPEN_FILES_RESERVE)
+        interval = self.config.connections.sweep_interval
+        if interval is not None:
+            self._sweeping = self._loop.call_later(interval, self._sweep, interval)
+
+    def _sweep(self, interval: float) -> None:
+        """Close the connections idle for [proxy] connection_idle_timeout."""
+        for number in self.streams.idle(self._loop.time()):
+            stream = self.connections.get(number)
+            if stream is not None and stream.transport is not None:
+                log.info("closing %s: idle", stream.peer)
+                stream.transport.close()
+        self._sweeping = self._loop.call_later(interval, self._sweep, interval)
 
     # --- agent event streams (one task per agent) ------------------------------------
 
@@ -317,12 +371,16 @@ class AlgShell:
         deliver = self.deliver if self.affinity is None else self.affinity.route
         return lambda: _Datagrams(side, deliver, sock)
 
-    def _stream_factory(self, side: Side, kind: str = "TCP") -> Callable[[], _Stream]:
-        return lambda: _Stream(self, side, next(self._numbers), kind)
+    def _stream_factory(
+        self, side: Side, kind: str = "TCP", *, inbound: bool = True
+    ) -> Callable[[], _Stream]:
+        return lambda: _Stream(self, side, next(self._numbers), kind, inbound)
 
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         if self.affinity is not None:
             self.affinity.close()
         for transport in self.udp.values():
@@ -446,6 +504,7 @@ class AlgShell:
             stream = self.by_peer.get((target.side, target.transport, target.host, target.port))
         if stream is not None and stream.transport is not None:
             stream.transport.write(send.data)
+            self.streams.used(stream.number, self._loop.time())
             return
         task = self._loop.create_task(self._connect_and_send(send))
         self._pending.add(task)
@@ -487,7 +546,7 @@ class AlgShell:
         try:
             _, protocol = await asyncio.wait_for(
                 self._loop.create_connection(
-                    self._stream_factory(target.side, target.transport),
+                    self._stream_factory(target.side, target.transport, inbound=False),
                     target.host,
                     target.port,
                     local_addr=(side_config.address, 0),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alg.connections import ConnectionLimits
 from alg.errors import AlgError
 from alg.proxy_model import SIDES, Interface, ProxyConfig, Side
 from alg.sip import DEFAULT_MAX_SIZE
@@ -117,6 +118,8 @@ class AlgConfig:
     # Stateless mode only: processes sharing the UDP ports (SO_REUSEPORT, datagrams spread
     # at random by the kernel; alg.workers). See `check_workers` for what they need.
     workers: int = 1
+    # TCP/TLS connections: how many, how many per source, closed after how long idle
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     record_route: bool = True
     max_message_size: int = DEFAULT_MAX_SIZE
     timer_c: float = 180.0
@@ -398,6 +401,25 @@ def _media(data: Mapping[str, Any]) -> MediaSettings:
     )
 
 
+def _connection_limits(proxy: Mapping[str, Any]) -> ConnectionLimits:
+    default = ConnectionLimits()
+    counts = {}
+    for key, fallback in (
+        ("max_connections", default.max_total),
+        ("max_connections_per_source", default.max_per_source),
+    ):
+        value = proxy.get(key, fallback)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1_000_000:
+            raise ConfigError(f"[proxy].{key} must be 1-1000000")
+        counts[key] = value
+    idle = proxy.get("connection_idle_timeout", default.idle_timeout)
+    if not isinstance(idle, int | float) or isinstance(idle, bool) or idle < 0:
+        raise ConfigError("[proxy].connection_idle_timeout must be >= 0 seconds (0: never)")
+    return ConnectionLimits(
+        counts["max_connections"], counts["max_connections_per_source"], float(idle)
+    )
+
+
 def parse_config(data: Mapping[str, Any]) -> AlgConfig:
     log_section = _section(data, "log", {"level", "syslog", "facility"})
     sides = {name: _side(data.get(name), name) for name in SIDES}
@@ -438,6 +460,7 @@ def parse_config(data: Mapping[str, Any]) -> AlgConfig:
         t1=float(proxy.get("t1", 0.5)),
         static_users=tuple(users),
         upstream=proxy.get("upstream"),
+        connections=_connection_limits(proxy),
         log_level=str(log_section.get("level", "INFO")).upper(),
         syslog=log_section.get("syslog"),
         syslog_facility=str(log_section.get("facility", "local0")),
