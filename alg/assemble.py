@@ -164,6 +164,7 @@ def media_core(config: AlgConfig, location: LocationStore | None = None) -> Medi
         config.outside.port,
         InsideNetworks.of(*config.inside_networks),
         strip_ice=settings.strip_ice,
+        outside_tls_port=config.outside.tls.port if config.outside.tls is not None else None,
     )
     trusted = tuple(MediaTrustedPeer.of(t.address, *t.subnets) for t in settings.trusted)
     pool = AgentPool(tuple(AgentConfig(a.name, a.weight) for a in settings.agents))

@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from alg.errors import AlgError, SdpParseError
+from alg.errors import AlgError, SdpParseError, SipParseError
 from alg.media.masking import (
     MAX_TOKEN_CHARS,
     TOKEN_PATTERN,
@@ -64,7 +64,11 @@ ESSENTIAL: Final = frozenset(
     {"via", "from", "to", "call-id", "cseq", "contact", "route", "record-route", "max-forwards"}
 )
 _URI_FIELDS: Final = ("contact", "record-route", "route")
-_MASKED_URI_RE: Final = re.compile(rf"sips?:({TOKEN_PATTERN})@[^;>\s,]*(?:;lr)?")
+# what `_masked_uri` writes: the transport parameter of a masked Contact is ours too, and
+# goes with the mask when it is restored (the inside UA has its own transport)
+_MASKED_URI_RE: Final = re.compile(
+    rf"sips?:({TOKEN_PATTERN})@[^;>\s,]*(?:;transport=(?:tcp|tls))?(?:;lr)?"
+)
 _PREFIX_BYTES: Final = TOKEN_PREFIX.encode()
 # A Call-ID token stands alone (a Call-ID, or a Replaces/Target-Dialog value naming one),
 # never as the user part or host of a URI: those are the other kinds' places.
@@ -92,11 +96,24 @@ class Hiding:
     outside_port: int
     inside: InsideNetworks
     strip_ice: bool = True
+    outside_tls_port: int | None = None  # None: no TLS on the outside
 
     @property
     def hostport(self) -> str:
         host = f"[{self.outside_host}]" if ":" in self.outside_host else self.outside_host
         return f"{host}:{self.outside_port}"
+
+    def contact_hostport(self, transport: str) -> str:
+        """Where a masked Contact points for a hop over `transport`: our outside address
+        with the port and transport parameter that reach us that way (a peer that sends
+        its next request to the Contact must use the transport it can use, RFC 3261
+        §18.1.1, §26.2 for TLS)."""
+        if transport == "TLS" and self.outside_tls_port is not None:
+            host = f"[{self.outside_host}]" if ":" in self.outside_host else self.outside_host
+            return f"{host}:{self.outside_tls_port};transport=tls"
+        if transport == "TCP":
+            return f"{self.hostport};transport=tcp"
+        return self.hostport
 
 
 # ---- SDP ----------------------------------------------------------------------------
@@ -167,9 +184,11 @@ def _host_name(token: str) -> str:
     return ".".join((*labels, "invalid"))
 
 
-def _masked_uri(tokens: TokenTable, uri_text: str, hiding: Hiding, now: float, lr: bool) -> str:
+def _masked_uri(
+    tokens: TokenTable, uri_text: str, hiding: Hiding, now: float, lr: bool, *, hostport: str = ""
+) -> str:
     token = _token(tokens, uri_text, now, "uri")
-    return f"sip:{token}@{hiding.hostport}" + (";lr" if lr else "")
+    return f"sip:{token}@{hostport or hiding.hostport}" + (";lr" if lr else "")
 
 
 def _is_inside_uri(uri: object, inside: InsideNetworks) -> bool:
@@ -179,7 +198,14 @@ def _is_inside_uri(uri: object, inside: InsideNetworks) -> bool:
 
 
 def _mask_name_addr_list(
-    value: str, tokens: TokenTable, hiding: Hiding, now: float, *, all_uris: bool, lr: bool
+    value: str,
+    tokens: TokenTable,
+    hiding: Hiding,
+    now: float,
+    *,
+    all_uris: bool,
+    lr: bool,
+    hostport: str = "",
 ) -> str:
     out: list[str] = []
     for part in split_commas(value):
@@ -188,7 +214,7 @@ def _mask_name_addr_list(
             continue
         address = parse_name_address(part, "Contact")
         if all_uris or _is_inside_uri(address.uri, hiding.inside):
-            masked = _masked_uri(tokens, str(address.uri), hiding, now, lr)
+            masked = _masked_uri(tokens, str(address.uri), hiding, now, lr, hostport=hostport)
             params = "".join(f";{k}" if v is None else f";{k}={v}" for k, v in address.params)
             out.append(f"<{masked}>{params}")
         else:
@@ -217,6 +243,7 @@ def hide_outbound(
     module docstring). The body is the caller's (`anchored_sdp`)."""
     msg = edit.message
     inside = hiding.inside
+    contact_hostport = hiding.contact_hostport(_outside_hop_transport(msg, hiding))
     if msg.is_request:
         _stash_vias(edit, stash, now)
         uri = msg.request_uri
@@ -225,8 +252,15 @@ def hide_outbound(
     for name in _URI_FIELDS:
         for field in msg.fields_named(name):
             text = msg.field_value(field).decode("utf-8", "surrogateescape")
+            contact = name == "contact"
             masked = _mask_name_addr_list(
-                text, tokens, hiding, now, all_uris=name == "contact", lr=name != "contact"
+                text,
+                tokens,
+                hiding,
+                now,
+                all_uris=contact,
+                lr=not contact,
+                hostport=contact_hostport if contact else "",
             )
             if masked != text:
                 edit.replace_value(field, masked.encode("utf-8", "surrogateescape"))
@@ -246,6 +280,21 @@ def hide_outbound(
             continue
         if inside.find_in(msg.field_value(span)):
             edit.delete_field(msg.field_at(position))
+
+
+def _outside_hop_transport(msg: SipMessage, hiding: Hiding) -> str:
+    """The transport of the hop the message takes outside: a request carries our Via for
+    it on top; a response's hop is named by the first Via that is neither ours nor
+    inside (ours for the inside hop may still be on top)."""
+    try:
+        vias = msg.vias
+    except SipParseError:
+        return "UDP"
+    for via in vias:
+        host = via.host.strip("[]")
+        if msg.is_request or (host != hiding.outside_host and not hiding.inside.contains(host)):
+            return via.transport
+    return "UDP"
 
 
 def _stash_vias(edit: MessageEditor, stash: ViaStash, now: float) -> None:

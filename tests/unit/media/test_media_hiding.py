@@ -247,3 +247,50 @@ def test_an_inside_text_too_long_to_seal_refuses_the_message_rather_than_leak() 
     call_id = "c" * MAX_TEXT_BYTES + "@10.77.0.10"
     with pytest.raises(TopologyLeak):
         hide(invite(call_id=call_id), tokens)
+
+
+TLS_HIDING = Hiding("203.0.113.1", 5060, InsideNetworks.of("10.77.0.0/16"), outside_tls_port=5061)
+
+
+@pytest.mark.parametrize(
+    ("our_via", "contact_end"),
+    [
+        ("SIP/2.0/TLS 203.0.113.1:5061", "@203.0.113.1:5061;transport=tls>"),
+        ("SIP/2.0/TCP 203.0.113.1:5060", "@203.0.113.1:5060;transport=tcp>"),
+        ("SIP/2.0/UDP 203.0.113.1:5060", "@203.0.113.1:5060>"),
+    ],
+)
+def test_a_masked_contact_names_the_transport_and_port_of_its_hop(
+    our_via: str, contact_end: str
+) -> None:
+    tokens = TokenTable(SECRET)
+    data = invite().replace(b"SIP/2.0/UDP 203.0.113.1:5060", our_via.encode())
+    edit = MessageEditor(parse_message(data))
+    hide_outbound(edit, tokens, ViaStash(), TLS_HIDING, NOW)
+    sent = parse_message(edit.apply())
+    contact = sent.header("contact") or ""
+    assert contact.startswith("<sip:sw-") and contact.endswith(contact_end), contact
+    # Record-Route entries are masked as before: they are not a next hop for anyone
+    assert (sent.header("record-route") or "").endswith("@203.0.113.1:5060;lr>")
+    # the callee's in-dialog request to that Contact reaches alice's own URI, without
+    # our transport parameter (her phone has its own transport)
+    assert_restored(restore_inbound(bye_from_outside(sent), tokens, ViaStash(), NOW))
+
+
+def test_a_response_going_out_names_the_transport_of_the_callers_hop() -> None:
+    tokens = TokenTable(SECRET)
+    ok = (
+        b"SIP/2.0 200 OK\r\n"
+        b"Via: SIP/2.0/UDP 10.77.0.1:5060;branch=z9hG4bKin1\r\n"
+        b"Via: SIP/2.0/TLS 198.51.100.7:5061;branch=z9hG4bKk1;received=198.51.100.7\r\n"
+        b"From: <sip:carol@198.51.100.7>;tag=c1\r\n"
+        b"To: <sip:alice@203.0.113.1>;tag=a1\r\n"
+        b"Call-ID: in1@198.51.100.7\r\n"
+        b"CSeq: 1 INVITE\r\n"
+        b"Contact: <sip:alice@10.77.0.10:5060>\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    edit = MessageEditor(parse_message(ok))
+    hide_outbound(edit, tokens, ViaStash(), TLS_HIDING, NOW)
+    contact = parse_message(edit.apply()).header("contact") or ""
+    assert contact.endswith("@203.0.113.1:5061;transport=tls>"), contact

@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Iterator
 
 import pytest
-from proxy_harness import ALICE, BOB, StaticRouter, config, invite, sent_to
+from proxy_harness import ALICE, BOB, INSIDE, OUTSIDE, StaticRouter, config, invite, sent_to
 
 from alg.builders import build_response
 from alg.media.agents import AgentConfig, AgentPool, AgentSettings
@@ -16,7 +16,7 @@ from alg.media.masking import InsideNetworks
 from alg.media.perform import OwnedBackend, perform
 from alg.media.rewrite import Hiding
 from alg.proxy import ProxyCore
-from alg.proxy_model import Send
+from alg.proxy_model import Endpoint, Interface, Send
 from alg.sip import parse_message
 from fcp.memory_backend import MemoryBackend, MemoryBackendConfig
 from fcp.types import IpVersion, Pool
@@ -26,18 +26,31 @@ PUBLIC = "198.51.100.10"
 
 
 class Rig:
-    def __init__(self, *, agent_answers: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        agent_answers: bool = True,
+        hiding: Hiding | None = None,
+        bob: Endpoint = BOB,
+        outside: Interface | None = None,
+    ) -> None:
         self.now = START
         pool = Pool("v4", IpVersion.V4, (ipaddress.IPv4Address(PUBLIC),), 20000, 20999)
         self.backend = MemoryBackend(
             MemoryBackendConfig(pools=(pool,)), epoch=1, clock=lambda: self.now
         )
         media = MediaCore(
-            MediaConfig(Hiding("203.0.113.1", 5060, InsideNetworks.of("10.77.0.0/16")), b"s" * 32),
+            MediaConfig(
+                hiding or Hiding("203.0.113.1", 5060, InsideNetworks.of("10.77.0.0/16")),
+                b"s" * 32,
+            ),
             AgentPool((AgentConfig("gw1", 1.0),), AgentSettings(deadline=1.0, attempts=2)),
         )
+        interfaces = {"inside": INSIDE, "outside": outside or OUTSIDE}
         self.core = ProxyCore(
-            config(inside_networks=("10.77.0.0/16",)), StaticRouter({"bob": [BOB]}), media=media
+            config(inside_networks=("10.77.0.0/16",), interfaces=interfaces),
+            StaticRouter({"bob": [bob]}),
+            media=media,
         )
         self.agent_answers = agent_answers
         self.loop = asyncio.new_event_loop()
@@ -131,5 +144,25 @@ def test_outside_call_to_inside_phone_is_answered_with_the_binding_not_488() -> 
         assert parse_message(to_bob.data).status == 200  # the callee's own media: no 488
         assert b"10.77." not in to_bob.data
         assert f"c=IN IP4 {PUBLIC}".encode() in to_bob.data
+    finally:
+        rig.loop.close()
+
+
+def test_an_invite_leaving_over_tls_gets_a_contact_reachable_over_tls() -> None:
+    bob = Endpoint("outside", "TLS", "203.0.113.20", 5061)
+    rig = Rig(
+        hiding=Hiding(
+            "203.0.113.1", 5060, InsideNetworks.of("10.77.0.0/16"), outside_tls_port=5061
+        ),
+        bob=bob,
+        outside=Interface("outside", "203.0.113.1", 5060, tls_port=5061),
+    )
+    try:
+        out = rig.receive(invite(), ALICE)
+        (forwarded,) = sent_to(out, bob)
+        assert forwarded.top_via.transport == "TLS" and forwarded.top_via.port == 5061
+        contact = forwarded.header("contact") or ""
+        assert contact.endswith("@203.0.113.1:5061;transport=tls>"), contact
+        assert b"10.77." not in parse_message(forwarded.serialize()).raw
     finally:
         rig.loop.close()
