@@ -303,7 +303,7 @@ class AlgShell:
                 log.info("listening on %s %s:%d tls", side, side_config.address, tls_port)
             log.info("listening on %s %s:%d %s", side, *address, side_config.transports)
         self._start_agent_watches()
-        if self.servers or any(side in self.tls for side in SIDES):
+        if self.servers:  # TCP or TLS listeners
             _allow_open_files(self.config.connections.max_total + OPEN_FILES_RESERVE)
         interval = self.config.connections.sweep_interval
         if interval is not None:
@@ -525,8 +525,8 @@ class AlgShell:
         side_config = getattr(self.config, target.side)
         tls: dict[str, Any] = {}
         if target.transport == "TLS":
-            contexts = self.tls.get(target.side)
-            if contexts is None:
+            side_tls = self.tls.get(target.side)
+            if side_tls is None:
                 # never downgrade a hop that asked for TLS to plain TCP (RFC 3261 §26.2.1)
                 log.warning(
                     "no TLS on the %s side: not sending to %s:%d over TLS",
@@ -536,7 +536,7 @@ class AlgShell:
                 )
                 self._undelivered(send)
                 return
-            client = contexts.client
+            client = side_tls.client
             tls = {
                 "ssl": client,
                 # the address is what we can check: see alg.tls

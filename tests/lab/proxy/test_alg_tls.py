@@ -11,12 +11,14 @@ whose certificate the ALG cannot verify gets nothing.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from labs.kamailio_tls import Pki, tls_peer, write_pki
-from labs.sipp_runner import alg_process, free_port, sipp_uac, sipp_uas
+from labs.kamailio_tls import Pki, TlsPeer, tls_peer, write_pki
+from labs.sipp_runner import RunningAlg, alg_process, free_port, sipp_uac, sipp_uas
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
@@ -33,7 +35,12 @@ def tls_outside(pki: Pki, port: int, ca: str) -> str:
     )
 
 
-def test_calls_leave_over_tls_to_a_verified_peer(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def calling_out_over_tls(
+    tmp_path: Path, trusted_ca: str
+) -> Iterator[tuple[RunningAlg, TlsPeer, tuple[str, int]]]:
+    """The sipp UAS behind Kamailio, and the ALG whose upstream is Kamailio over TLS,
+    trusting `trusted_ca` (a file of the lab PKI) for the server's certificate."""
     pki = write_pki(tmp_path / "pki")
     alg_tls = (ALG_OUTSIDE, free_port(ALG_OUTSIDE))
     with (
@@ -43,12 +50,17 @@ def test_calls_leave_over_tls_to_a_verified_peer(tmp_path: Path) -> None:
         upstream = f'upstream = "{peer.tls[0]}:{peer.tls[1]};transport=tls"\n'
         with alg_process(
             tmp_path,
-            outside_toml=tls_outside(pki, alg_tls[1], "ca.pem"),
+            outside_toml=tls_outside(pki, alg_tls[1], trusted_ca),
             proxy_toml=upstream,
         ) as alg:
-            result = sipp_uac("uac_sdp.xml", uas, alg.inside, tmp_path, calls=10, rate=10)
-        requests = peer.requests()
-        log = alg.log.read_text()
+            yield alg, peer, uas
+
+
+def test_calls_leave_over_tls_to_a_verified_peer(tmp_path: Path) -> None:
+    with calling_out_over_tls(tmp_path, "ca.pem") as (alg, peer, uas):
+        result = sipp_uac("uac_sdp.xml", uas, alg.inside, tmp_path, calls=10, rate=10)
+    requests = peer.requests()
+    log = alg.log.read_text()
     assert (result.returncode, result.successful, result.failed) == (0, 10, 0), result.output
     # every request of every call reached the peer from the ALG's outside address over TLS
     for method in ("INVITE", "ACK", "BYE"):
@@ -89,22 +101,11 @@ def test_calls_come_in_over_tls_from_a_peer_that_verifies_us(tmp_path: Path) -> 
 
 
 def test_a_peer_whose_certificate_we_cannot_verify_gets_nothing(tmp_path: Path) -> None:
-    pki = write_pki(tmp_path / "pki")
-    alg_tls = (ALG_OUTSIDE, free_port(ALG_OUTSIDE))
-    with (
-        sipp_uas("uas_sdp.xml", "127.0.0.20", tmp_path) as uas,
-        tls_peer(tmp_path, pki, alg_tls) as peer,
-    ):
-        upstream = f'upstream = "{peer.tls[0]}:{peer.tls[1]};transport=tls"\n'
-        # the ALG trusts a CA that did not sign Kamailio's certificate
-        with alg_process(
-            tmp_path,
-            outside_toml=tls_outside(pki, alg_tls[1], "stranger.pem"),
-            proxy_toml=upstream,
-        ) as alg:
-            result = sipp_uac("uac_sdp.xml", uas, alg.inside, tmp_path, calls=1, rate=1, timeout=15)
-        requests = peer.requests()
-        log = alg.log.read_text()
+    # the ALG trusts a CA that did not sign Kamailio's certificate
+    with calling_out_over_tls(tmp_path, "stranger.pem") as (alg, peer, uas):
+        result = sipp_uac("uac_sdp.xml", uas, alg.inside, tmp_path, calls=1, rate=1, timeout=15)
+    requests = peer.requests()
+    log = alg.log.read_text()
     # the call fails at once (RFC 3261 §16.9: a 503, relayed as 500), long before Timer B
     assert (result.successful, result.failed) == (0, 1), result.output
     assert "received 'SIP/2.0 500 " in uac_errors(tmp_path), result.output
