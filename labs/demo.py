@@ -82,15 +82,24 @@ def write_gateway_configs(
     domains: Sequence[str] = (),
     upstream: str | None = None,
     alg_state: Path | None = None,
+    outside_tls: tuple[Path, Path, Path] | None = None,
 ) -> None:
     """agent.toml and alg.toml of the `basic` gateway (one agent, FCP on 127.0.0.1);
-    `alg_state`: the ALG keeps its registrations and media secret there (restartable)."""
+    `alg_state`: the ALG keeps its registrations and media secret there (restartable);
+    `outside_tls`: SIP over TLS on the outside with these certificate, key and CA."""
     agent = AgentFiles(f"127.0.0.1:{FCP_PORT}", GW_OUTSIDE, pki)
     (work / "agent.toml").write_text(agent_toml(agent))
     entry = AgentEntry("gw1", f"127.0.0.1:{FCP_PORT}", pki)
     state = write_alg_state_dir(alg_state) if alg_state is not None else None
     alg = AlgFiles(
-        GW_INSIDE, GW_OUTSIDE, (entry,), domains, upstream, log_level="DEBUG", state_dir=state
+        GW_INSIDE,
+        GW_OUTSIDE,
+        (entry,),
+        domains,
+        upstream,
+        log_level="DEBUG",
+        state_dir=state,
+        outside_tls=outside_tls,
     )
     (work / "alg.toml").write_text(alg_toml(alg))
 

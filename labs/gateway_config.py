@@ -76,6 +76,8 @@ class AlgFiles:
     # the relayed registrations' journal) and the media secret that keys the topology-
     # hiding tokens. None: in memory, a random secret per start.
     state_dir: Path | None = None
+    # SIP over TLS on the outside: (certificate, key, CA) PEM files; None: UDP only
+    outside_tls: tuple[Path, Path, Path] | None = None
 
 
 SECRET_FILE = "media.secret"
@@ -114,9 +116,16 @@ def alg_toml(alg: AlgFiles) -> str:
         database = str(alg.state_dir / "registrar.db")
         secret = f'secret_file = "{alg.state_dir / SECRET_FILE}"\n'
 
+    outside = 'transports = ["udp"]\n'
+    if alg.outside_tls is not None:
+        cert, key, ca = alg.outside_tls
+        outside = (
+            'transports = ["udp", "tls"]\n'
+            f'tls_cert = "{cert}"\ntls_key = "{key}"\ntls_ca = "{ca}"\n'
+        )
     return (
         f'[inside]\naddress = "{alg.inside}"\ntransports = ["udp"]\n'
-        f'[outside]\naddress = "{alg.outside}"\ntransports = ["udp"]\n'
+        f'[outside]\naddress = "{alg.outside}"\n{outside}'
         "[proxy]\n" + "\n".join(proxy) + "\n"
         f'[registrar]\nenabled = true\ndatabase = "{database}"\n'
         f"[media]\nenabled = true\n{secret}" + "\n".join(agents) + "\n"

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fcp.certs import generate_lab_pki, write_lab_pki
+from fcp.certs import generate_lab_pki, issue_server, write_lab_pki, write_pair
 from labs import build
 from labs.baresip import Phone, PhoneConfig
-from labs.demo import GW_INSIDE, Demo, DemoFailure, write_gateway_configs
+from labs.demo import GW_INSIDE, GW_OUTSIDE, Demo, DemoFailure, write_gateway_configs
 from labs.netns import poll_until
 
 SCENARIO = "provider"
@@ -63,10 +63,30 @@ class Registered:
     received: str | None
 
 
+PROVIDER_TLS_CFG = """\
+[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+certificate = {pki}/sip-provider.pem
+private_key = {pki}/sip-provider.key
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = yes
+require_certificate = yes
+ca_list = {pki}/ca.pem
+"""
+
+
 @dataclass
 class ProviderLab:
+    """`tls`: sipwall's trunk to the provider is SIP over TLS (5061 both ends, each
+    checking the other's certificate against the lab CA) instead of UDP."""
+
     lab: build.RunningLab
     work: Path
+    tls: bool = False
     _demo: Demo | None = None
     _kamailio: subprocess.Popen[bytes] | None = None
     phones: dict[str, Phone] = field(default_factory=dict)
@@ -76,11 +96,25 @@ class ProviderLab:
     def start(self) -> None:
         """Kamailio, then the agent and the ALG (configs written into `work`)."""
         self.work.mkdir(parents=True, exist_ok=True)
-        self.start_kamailio()
         pki = self.work / "pki"
-        write_lab_pki(pki, generate_lab_pki(["127.0.0.1"], ["alg-1", "ctl"]))
+        lab_pki = generate_lab_pki(["127.0.0.1"], ["alg-1", "ctl"])
+        write_lab_pki(pki, lab_pki)
+        outside_tls = None
+        upstream = f"{PROVIDER}:5060"
+        if self.tls:
+            # SIP certificates from the same lab CA: sipwall's for its outside address
+            # (the provider connects there to reach alice), the provider's for its own
+            cert, key = write_pair(pki, "sip-gw", issue_server(lab_pki.ca, [GW_OUTSIDE]))
+            write_pair(pki, "sip-provider", issue_server(lab_pki.ca, [PROVIDER]))
+            outside_tls = (cert, key, pki / "ca.pem")
+            upstream = f"{PROVIDER}:5061;transport=tls"
+        self.start_kamailio(pki)
         write_gateway_configs(
-            self.work, pki, upstream=f"{PROVIDER}:5060", alg_state=self.work / "alg-state"
+            self.work,
+            pki,
+            upstream=upstream,
+            alg_state=self.work / "alg-state",
+            outside_tls=outside_tls,
         )
         # the demo's process handling: started through the lab, waited for, stopped
         self._demo = Demo(
@@ -94,11 +128,15 @@ class ProviderLab:
         assert self._demo is not None
         self._demo.restart_alg()
 
-    def start_kamailio(self) -> None:
+    def start_kamailio(self, pki: Path) -> None:
         rundir = self.work / "kamailio"
         rundir.mkdir(parents=True, exist_ok=True)
         argv = ["kamailio", "-f", str(PROVIDER_CFG), "-P", str(rundir / "kamailio.pid")]
         argv += ["-Y", str(rundir), "-n", "2", "-DD", "-E"]
+        if self.tls:
+            tls_cfg = rundir / "tls.cfg"
+            tls_cfg.write_text(PROVIDER_TLS_CFG.format(pki=pki))
+            argv += ["-A", "WITH_TLS", "-A", f'TLS_CONFIG="{tls_cfg}"']
         proc = self.lab.spawn("provider", argv, name="kamailio")
         self._kamailio = proc
         log = self.lab.log_path("provider", "kamailio")
@@ -184,11 +222,14 @@ class ProviderLab:
 
 
 @contextlib.contextmanager
-def running_provider(lab: build.RunningLab, keep_logs: Callable[[], Path]) -> Iterator[ProviderLab]:
+def running_provider(
+    lab: build.RunningLab, keep_logs: Callable[[], Path], *, tls: bool = False
+) -> Iterator[ProviderLab]:
     """The provider scenario started on `lab` with carol and alice registered; stopped
     on the way out, whatever happened, after which the lab's logs are copied to the
-    directory `keep_logs()` gives (the lab directory goes away with the lab)."""
-    pl = ProviderLab(lab, lab.dir / "provider")
+    directory `keep_logs()` gives (the lab directory goes away with the lab). `tls`: the
+    trunk between sipwall and the provider is SIP over TLS."""
+    pl = ProviderLab(lab, lab.dir / ("provider-tls" if tls else "provider"), tls=tls)
     try:
         pl.start()
         for user in ("carol", "alice"):

@@ -1,0 +1,75 @@
+"""The provider scenario with sipwall's trunk to the provider over SIP over TLS.
+
+As tests/lab/labs/test_provider_lab.py, but the ALG reaches Kamailio at
+198.51.100.10:5061 over TLS (checking the provider's certificate against the lab CA),
+and the provider reaches alice's registration at sipwall's outside TLS port (checking
+sipwall's certificate): the masked Contact it stores names that port and transport=tls.
+Media is anchored by the real agent as on UDP; each phone hears the other's tone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from test_provider_lab import _call  # the call with tones, anchoring and release checks
+
+from labs import build
+from labs.demo import GW_OUTSIDE
+from labs.provider_lab import DOMAIN, ProviderLab, running_provider
+from labs.pytest_plugin import lab_fixture
+
+pytestmark = [pytest.mark.netns, pytest.mark.peers]
+
+lab = lab_fixture("provider")
+CONTACT = rf"sip:sw-[a-z2-7]+@{re.escape(GW_OUTSIDE)}:5061;transport=tls"
+
+
+@pytest.fixture(scope="module")
+def provider(
+    lab: build.RunningLab, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProviderLab]:
+    keep = lambda: tmp_path_factory.mktemp("provider-tls-logs")  # noqa: E731
+    with running_provider(lab, keep, tls=True) as pl:
+        yield pl
+
+
+def test_alice_registers_over_tls_with_a_contact_reachable_over_tls(
+    provider: ProviderLab,
+) -> None:
+    log = provider.provider_log()
+    saved = re.search(
+        rf"provider: REGISTER sip:alice@{DOMAIN} from {re.escape(GW_OUTSIDE)}:\d+ "
+        r"contact <([^>]+)>\S* over (\w+)",
+        log,
+    )
+    assert saved is not None, log
+    assert saved.group(2) == "tls", log
+    assert re.fullmatch(CONTACT, saved.group(1)), saved.group(1)
+    assert [r.contact for r in provider.registered() if r.aor == "alice"] == [saved.group(1)]
+    assert "10.77.0." not in log, log
+
+
+def test_incoming_call_reaches_alice_over_tls(provider: ProviderLab) -> None:
+    alice, carol = provider.phone("alice"), provider.phone("carol")
+    _call(provider, carol, alice, f"sip:alice@{DOMAIN}")
+    log = provider.provider_log()
+    # the provider sent carol's call to the masked Contact: sipwall's TLS port
+    assert re.search(rf"provider: INVITE sip:carol@{DOMAIN} -> {CONTACT} via ", log), log
+
+
+def test_outgoing_call_leaves_over_tls(provider: ProviderLab) -> None:
+    alice, carol = provider.phone("alice"), provider.phone("carol")
+    _call(provider, alice, carol, f"sip:carol@{DOMAIN}")
+    log = provider.provider_log()
+    # alice's INVITE reached the provider from sipwall over TLS (challenged, then routed)
+    assert re.search(
+        rf"provider: challenge INVITE sip:alice@{DOMAIN} from {re.escape(GW_OUTSIDE)}:\d+ "
+        "over tls",
+        log,
+    ), log
+    assert re.search(
+        rf"provider: INVITE sip:alice@{DOMAIN} -> \S+ via {re.escape(GW_OUTSIDE)}:\d+ over tls",
+        log,
+    ), log
