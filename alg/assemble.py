@@ -24,6 +24,7 @@ from alg.config import AlgConfig, ConfigError
 from alg.dns_resolver import AsyncDnsResolver, ResolvedTarget
 from alg.edge import EdgeRouter, LocationLookup
 from alg.errors import AlgError
+from alg.hop_health import HopHealth
 from alg.location import LocationStore, OnCoreClock, SqliteLocationStore
 from alg.media.agents import AgentConfig, AgentPool
 from alg.media.antiforgery import TrustedPeer as MediaTrustedPeer
@@ -237,6 +238,7 @@ def assemble(config: AlgConfig) -> AlgServices:
             ),
             wall_offset=wall_offset,
         )
+    hops = HopHealth(proxy.hop_hold_down)
     edge = EdgeRouter(
         proxy,
         router_config,
@@ -247,6 +249,7 @@ def assemble(config: AlgConfig) -> AlgServices:
         dns=config.dns_resolver == "system",
         relayed=RelayedRegistrations(journal=journal, now=time.time()),
         wall_offset=wall_offset,
+        hops=hops,
     )
     limiter = None
     if config.ratelimit.enabled:
@@ -260,7 +263,12 @@ def assemble(config: AlgConfig) -> AlgServices:
         )
     recorder = CallRecorder() if config.cdr_file else None
     core = ProxyCore(
-        proxy, edge, limiter=limiter, recorder=recorder, media=media_core(config, on_core)
+        proxy,
+        edge,
+        limiter=limiter,
+        recorder=recorder,
+        media=media_core(config, on_core),
+        hops=hops,
     )
     writer = CdrWriter(config.cdr_file) if config.cdr_file else None
     return AlgServices(config, core, edge, location, subscribers, writer, journal)

@@ -124,6 +124,8 @@ class AlgConfig:
     max_message_size: int = DEFAULT_MAX_SIZE
     timer_c: float = 180.0
     t1: float = 0.5
+    failover_timeout: float = 4.0  # serial targets: no answer at all by then, try the next
+    hop_hold_down: float = 30.0  # a next hop that did not answer is routed last this long
     static_users: tuple[StaticUser, ...] = ()
     upstream: str | None = None  # default outbound proxy, "host[:port][;transport=x]"
     log_level: str = "INFO"
@@ -162,6 +164,8 @@ class AlgConfig:
             record_route=self.record_route,
             stateless=self.mode == "stateless",
             timer_c=self.timer_c,
+            failover_timeout=self.failover_timeout,
+            hop_hold_down=self.hop_hold_down,
             timers=TimerSettings(t1=self.t1, t2=max(4.0, self.t1 * 8), t4=5.0),
         )
 
@@ -401,6 +405,13 @@ def _media(data: Mapping[str, Any]) -> MediaSettings:
     )
 
 
+def _seconds(proxy: Mapping[str, Any], key: str, default: float) -> float:
+    value = proxy.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 3600:
+        raise ConfigError(f"[proxy].{key} must be 0-3600 seconds (0: off)")
+    return float(value)
+
+
 def _connection_limits(proxy: Mapping[str, Any]) -> ConnectionLimits:
     default = ConnectionLimits()
     counts = {}
@@ -458,6 +469,8 @@ def parse_config(data: Mapping[str, Any]) -> AlgConfig:
         max_message_size=size,
         timer_c=float(proxy.get("timer_c", 180.0)),
         t1=float(proxy.get("t1", 0.5)),
+        failover_timeout=_seconds(proxy, "failover_timeout", 4.0),
+        hop_hold_down=_seconds(proxy, "hop_hold_down", 30.0),
         static_users=tuple(users),
         upstream=proxy.get("upstream"),
         connections=_connection_limits(proxy),

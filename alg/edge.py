@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from alg import routing
 from alg.auth import Authenticated, AuthFailure, Challenge, DigestAuthenticator
 from alg.dns_resolver import ResolvedTarget
+from alg.hop_health import HopHealth
 from alg.location import LocationStore, Source
 from alg.proxy_model import Answer, Endpoint, ProxyConfig, Resolve, Routed, Target
 from alg.registrar import Registrar
@@ -86,8 +87,11 @@ class EdgeRouter:
         dns: bool = False,
         relayed: RelayedRegistrations | None = None,
         wall_offset: float = 0.0,
+        hops: HopHealth | None = None,
     ) -> None:
         self.dns = dns  # may names be resolved (RFC 3263)? off: never ask for a lookup
+        # next hops held down for not answering (the core reports them): routed last
+        self.hops = hops
         self.proxy = proxy
         self.routes = routes
         self.registrar = registrar
@@ -124,9 +128,10 @@ class EdgeRouter:
             relayed = self.relayed.lookup(uri, source.host, now + self.wall_offset)
             if relayed is not None:  # a call from the provider to a phone registered there
                 return Routed((Target(relayed.reach),), parallel=False)
-        decided = routing.route(
-            uri, self.routes, routing.RequestContext(source.side, now, request.call_id)
+        context = routing.RequestContext(
+            source.side, now, request.call_id, self.hops.down(now) if self.hops else frozenset()
         )
+        decided = routing.route(uri, self.routes, context)
         if isinstance(decided, routing.Reject):
             return Answer(decided.status, decided.reason)
         expanded = self._expand_dns(decided, now)

@@ -50,6 +50,7 @@ from alg.forwarding import (
     plan_routes,
     stateless_branch,
 )
+from alg.hop_health import HopHealth
 from alg.logsetup import call_context
 from alg.media.actions import AgentResult
 from alg.media.agents import GroupGone
@@ -102,6 +103,7 @@ class ProxyCore(ProxyResponses):
         limiter: RateLimiter | None = None,
         recorder: CallRecorder | None = None,
         media: MediaCore | None = None,
+        hops: HopHealth | None = None,
     ) -> None:
         self.config = config
         self.router = router
@@ -112,6 +114,10 @@ class ProxyCore(ProxyResponses):
             else None
         )
         self.stats: Counter[str] = Counter()
+        # next hops that left requests unanswered (alg.hop_health), shared with the
+        # router that orders them; its counters are the core's
+        self.hops = hops if hops is not None else HopHealth(config.hop_hold_down)
+        self.hops.stats = self.stats
         # media anchoring (alg.media): messages crossing sides go through the gate and
         # may wait there for the agent
         self.media = media
@@ -281,6 +287,7 @@ class ProxyCore(ProxyResponses):
         if branch is None or branch.destination != send.to or branch.data != send.data:
             return out
         self.stats["transport_failed"] += 1
+        self.hops.failed(send.to.host, send.to.port, now)
         for action in branch.txn.handle(Event.TRANSPORT_ERROR, now):
             if action is Action.TRANSPORT_FAILED:
                 failed = parse_message(build_response(branch.request, 503))
@@ -465,6 +472,8 @@ class ProxyCore(ProxyResponses):
         )
         if kind is Kind.INVITE_CLIENT:
             branch.timer_c = now + self.config.timer_c
+        if server.serial and self.config.failover_timeout > 0:
+            branch.failover_at = now + self.config.failover_timeout
         server.branches.append(branch)
         server.context.add_branch(branch.number)
         self._clients[branch.key] = branch

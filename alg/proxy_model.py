@@ -78,6 +78,10 @@ class ProxyConfig:
     record_route: bool = True
     stateless: bool = False
     timer_c: float = 180.0  # §16.6 step 11: more than three minutes
+    # serial forking: a target with no response at all after this long gives way to the
+    # next one (0: wait for Timer B/F); alg.hop_health holds it down for hop_hold_down
+    failover_timeout: float = 4.0
+    hop_hold_down: float = 30.0
     timers: TimerSettings = field(default_factory=TimerSettings)
     supported_extensions: frozenset[str] = frozenset()  # for Proxy-Require (§16.3 step 5)
     auth_realm: str | None = None  # our digest realm: consumed credentials are removed

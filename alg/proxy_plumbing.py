@@ -17,6 +17,7 @@ from alg.builders import build_cancel, build_response, stand_in_request
 from alg.call_events import CallEvents
 from alg.errors import SipParseError
 from alg.forwarding import with_challenges
+from alg.hop_health import HopHealth
 from alg.logsetup import call_context
 from alg.media.core import MediaCore
 from alg.media.teardown import reason_header
@@ -42,6 +43,7 @@ class ProxyPlumbing:
     _clients: dict[ClientKey, ClientBranch]
     _timers: TimerHeap
     _branch_numbers: Iterator[int]
+    hops: HopHealth
 
     def _send_upstream(  # noqa: PLR0917
         self,

@@ -45,6 +45,8 @@ class ProxyResponses(ProxyPlumbing):
         if branch is None:  # always so in stateless mode
             self._forward_response_statelessly(msg, out)
             return
+        branch.failover_at = None  # it answers: no failover for want of an answer
+        self.hops.answered(branch.destination.host, branch.destination.port)
         actions = branch.txn.handle(event_for_status(msg.status), now)
         for action in actions:
             if action is Action.DELIVER:
@@ -173,6 +175,18 @@ class ProxyResponses(ProxyPlumbing):
             )
 
     def _client_timers(self, branch: ClientBranch, now: float, out: list[Send]) -> None:
+        if branch.failover_at is not None and branch.failover_at <= now:
+            branch.failover_at = None
+            server = branch.server
+            if server is not None and server.serial and not server.context.done:
+                # serial forking: not even a 100 Trying from this target; the next one is
+                # tried now rather than after Timer B/F, and this one is held down
+                self.stats["failover.no_answer"] += 1
+                self.hops.failed(branch.destination.host, branch.destination.port, now)
+                branch.txn.abandon()
+                self._branch_failed(branch, now, out)
+                self._forget_client(branch)
+                return
         if branch.timer_c is not None and branch.timer_c <= now:
             branch.timer_c = None
             self.stats["timer_c"] += 1
@@ -192,6 +206,8 @@ class ProxyResponses(ProxyPlumbing):
                 out.append(Send(branch.destination, branch.data))
                 self.stats["retransmitted"] += 1
             elif action in (Action.TIMEOUT, Action.TRANSPORT_FAILED):
+                if not branch.provisional:  # never answered at all: held down
+                    self.hops.failed(branch.destination.host, branch.destination.port, now)
                 self._branch_failed(branch, now, out)
             elif action is Action.TERMINATE:
                 self._forget_client(branch)

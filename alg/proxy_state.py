@@ -57,6 +57,9 @@ class ClientBranch:
     cancel_wanted: bool = False
     cancelled: bool = False
     timer_c: float | None = None
+    # serial forking: give up on this target if it has not answered at all by then
+    # ([proxy] failover_timeout); None once it answered or with no target left to try
+    failover_at: float | None = None
     scheduled: float | None = None
     _request: SipMessage | None = None
 
@@ -69,10 +72,11 @@ class ClientBranch:
         return self._request
 
     def deadline(self) -> float | None:
-        txn_timer = self.txn.get_timer()
-        if self.timer_c is None:
-            return txn_timer
-        return self.timer_c if txn_timer is None else min(txn_timer, self.timer_c)
+        deadline = self.txn.get_timer()
+        for own in (self.timer_c, self.failover_at):
+            if own is not None and (deadline is None or own < deadline):
+                deadline = own
+        return deadline
 
 
 class TimerHeap:

@@ -52,6 +52,7 @@ MODULES: tuple[str, ...] = (
     "alg/builders.py",
     "alg/edge.py",
     "alg/forwarding.py",
+    "alg/hop_health.py",
     "alg/proxy.py",
     "alg/proxy_model.py",
     "alg/proxy_plumbing.py",
