@@ -90,6 +90,10 @@ class AlgServices:
         counters: dict[str, object] = {
             "proxy": dict(sorted(core.stats.items())),
             "transactions": core.transaction_count,
+            # next hops held down for not answering (alg.hop_health), as host:port
+            "next_hops_held_down": [
+                f"{host}:{port}" for host, port in sorted(core.hops.down(time.monotonic()))
+            ],
         }
         if core.limiter is not None:
             counters["ratelimit"] = asdict(core.limiter.stats())

@@ -5,6 +5,7 @@ the core as `sipwall alg` assembles it, with a route table of two gateways."""
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 
@@ -123,3 +124,13 @@ def test_a_lone_target_has_no_failover_timer_but_is_held_down_after_timer_b(
     assert finals[0] == (32.0, 408), finals
     assert core.stats["failover.no_answer"] == 0
     assert core.hops.down(32.0) == {(GW1.host, GW1.port)}
+
+
+def test_the_counters_name_the_held_down_hops(tmp_path: Path) -> None:
+    assembled = services(tmp_path)
+    now = time.monotonic()  # the core's clock in the running ALG (the loop's)
+    assembled.core.receive(call(1), ALICE, now)
+    run_timers(assembled.core, now + 4.0)
+    counters = assembled.counters()
+    assert counters["next_hops_held_down"] == [f"{GW1.host}:{GW1.port}"]
+    assert counters["proxy"]["failover.no_answer"] == 1  # type: ignore[index]
