@@ -4,7 +4,9 @@
 `Router`). In order:
 
 1. REGISTER for one of our domains is the registrar's (RFC 3261 §10.3): authenticated
-   with a 401 challenge when the registrar requires it, then answered locally.
+   with a 401 challenge when the registrar requires it, then answered locally. An
+   OPTIONS addressed to us rather than to a user (a trunk's keep-alive ping) is answered
+   200 with Allow and Accept (§11.2).
 2. A request from the inside that would leave for the outside must carry valid
    Proxy-Authorization for our realm (407 otherwise), as the seed talk puts it: only
    outgoing calls are challenged. Requests from the outside are never challenged, and
@@ -40,6 +42,7 @@ Everything is synchronous and pure but for the stores it is given.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from alg import routing
 from alg.auth import Authenticated, AuthFailure, Challenge, DigestAuthenticator
@@ -72,6 +75,18 @@ class LocationLookup:
             )
             for binding in self.store.lookup(aor, now)
         ]
+
+
+# What we answer an OPTIONS addressed to us with (RFC 3261 §11.2): the methods we
+# proxy or handle, and the body type whose addresses we rewrite.
+_OPTIONS_ANSWER: Final = (
+    (
+        "Allow",
+        b"INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, PRACK, INFO, "
+        b"SUBSCRIBE, NOTIFY, REFER, MESSAGE",
+    ),
+    ("Accept", b"application/sdp"),
+)
 
 
 class EdgeRouter:
@@ -124,6 +139,14 @@ class EdgeRouter:
         uri = request.request_uri
         if request.method == "REGISTER" and self._is_ours(uri):
             return self._register(request, source, now)
+        if (
+            request.method == "OPTIONS"
+            and isinstance(uri, SipUri)
+            and uri.user is None
+            and self.proxy.is_ours(uri.host, uri.port)
+        ):
+            # addressed to us, not to a user (RFC 3261 §11): a trunk's keep-alive ping
+            return Answer(200, headers=_OPTIONS_ANSWER)
         if source.side == "outside" and request.method != "REGISTER":
             relayed = self.relayed.lookup(uri, source.host, now + self.wall_offset)
             if relayed is not None:  # a call from the provider to a phone registered there

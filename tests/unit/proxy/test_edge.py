@@ -17,7 +17,7 @@ from alg.auth import Algorithm, compute_ha1, compute_response
 from alg.builders import build_response
 from alg.config import parse_config
 from alg.proxy_model import Endpoint
-from alg.sip import SipMessage
+from alg.sip import SipMessage, parse_message
 from alg.subscribers import SqliteSubscriberStore, Subscriber
 
 GATEWAY_1 = Endpoint("outside", "UDP", "198.51.100.31", 5060)
@@ -281,3 +281,42 @@ def test_media_settings_parse_and_build_the_media_core(tmp_path: Path) -> None:
     secret.write_bytes(b"short")
     with pytest.raises(ConfigError, match="16 bytes"):
         media_core(config)
+
+
+@pytest.mark.parametrize(
+    ("uri", "source_side", "status"),
+    [
+        ("sip:203.0.113.1:5060", "outside", 200),  # a trunk pinging our outside address
+        ("sip:203.0.113.1", "outside", 200),
+        ("sip:10.77.0.1:5060", "inside", 200),
+        ("sip:bob@203.0.113.1:5060", "outside", 404),  # to a user: routed as usual
+        ("sip:198.51.100.9:5060", "inside", None),  # someone else: forwarded, not ours
+    ],
+)
+def test_options_addressed_to_us_is_answered_200(
+    uri: str, source_side: str, status: int | None
+) -> None:
+    config = parse_config(
+        {
+            "inside": {"address": "10.77.0.1"},
+            "outside": {"address": "203.0.113.1"},
+            "proxy": {"inside_networks": ["10.77.0.0/16"]},
+        }
+    )
+    core = assemble(config).core
+    host = "198.51.100.7" if source_side == "outside" else "10.77.0.10"
+    source = Endpoint(source_side, "UDP", host, 5060)  # type: ignore[arg-type]
+    options = (
+        f"OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:5060;branch=z9hG4bKo1\r\n"
+        f"Max-Forwards: 70\r\nTo: <{uri}>\r\nFrom: <sip:ping@{host}>;tag=p1\r\n"
+        "Call-ID: o1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    answers = [parse_message(s.data) for s in core.receive(options, source, 0.0) if s.to == source]
+    if status is None:
+        assert answers == []
+        return
+    (answer,) = answers
+    assert answer.status == status
+    if status == 200:
+        assert "OPTIONS" in (answer.header("allow") or "")
+        assert answer.header("accept") == "application/sdp"
