@@ -78,6 +78,8 @@ class PhoneConfig:
     rtp_ports: tuple[int, int] = (10000, 10099)
     ctrl_port: int = 4444
     register_interval: int = 600
+    # CA bundle to verify TLS servers with (an outbound proxy with transport=tls)
+    sip_cafile: Path | None = None
 
     def __post_init__(self) -> None:
         if not 10 <= self.tone_hz <= 20000:
@@ -114,6 +116,8 @@ class PhoneConfig:
             f"snd_path {recordings}",
             f"ctrl_tcp_listen 127.0.0.1:{self.ctrl_port}",
         ]
+        if self.sip_cafile is not None:
+            lines.append(f"sip_cafile {self.sip_cafile}")
         return "\n".join(lines) + "\n"
 
 

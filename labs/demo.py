@@ -83,10 +83,12 @@ def write_gateway_configs(
     upstream: str | None = None,
     alg_state: Path | None = None,
     outside_tls: tuple[Path, Path, Path] | None = None,
+    inside_tls: tuple[Path, Path, Path] | None = None,
 ) -> None:
     """agent.toml and alg.toml of the `basic` gateway (one agent, FCP on 127.0.0.1);
     `alg_state`: the ALG keeps its registrations and media secret there (restartable);
-    `outside_tls`: SIP over TLS on the outside with these certificate, key and CA."""
+    `outside_tls`, `inside_tls`: SIP over TLS on that side with these certificate, key
+    and CA."""
     agent = AgentFiles(f"127.0.0.1:{FCP_PORT}", GW_OUTSIDE, pki)
     (work / "agent.toml").write_text(agent_toml(agent))
     entry = AgentEntry("gw1", f"127.0.0.1:{FCP_PORT}", pki)
@@ -100,6 +102,7 @@ def write_gateway_configs(
         log_level="DEBUG",
         state_dir=state,
         outside_tls=outside_tls,
+        inside_tls=inside_tls,
     )
     (work / "alg.toml").write_text(alg_toml(alg))
 

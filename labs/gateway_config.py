@@ -76,8 +76,9 @@ class AlgFiles:
     # the relayed registrations' journal) and the media secret that keys the topology-
     # hiding tokens. None: in memory, a random secret per start.
     state_dir: Path | None = None
-    # SIP over TLS on the outside: (certificate, key, CA) PEM files; None: UDP only
+    # SIP over TLS on the outside / inside: (certificate, key, CA) PEM files; None: UDP
     outside_tls: tuple[Path, Path, Path] | None = None
+    inside_tls: tuple[Path, Path, Path] | None = None
 
 
 SECRET_FILE = "media.secret"
@@ -91,6 +92,13 @@ def write_alg_state_dir(path: Path) -> Path:
         secret.write_text(os.urandom(32).hex() + "\n")
         secret.chmod(0o600)
     return path
+
+
+def _transports(tls: tuple[Path, Path, Path] | None) -> str:
+    if tls is None:
+        return 'transports = ["udp"]\n'
+    cert, key, ca = tls
+    return f'transports = ["udp", "tls"]\ntls_cert = "{cert}"\ntls_key = "{key}"\ntls_ca = "{ca}"\n'
 
 
 def alg_toml(alg: AlgFiles) -> str:
@@ -116,16 +124,9 @@ def alg_toml(alg: AlgFiles) -> str:
         database = str(alg.state_dir / "registrar.db")
         secret = f'secret_file = "{alg.state_dir / SECRET_FILE}"\n'
 
-    outside = 'transports = ["udp"]\n'
-    if alg.outside_tls is not None:
-        cert, key, ca = alg.outside_tls
-        outside = (
-            'transports = ["udp", "tls"]\n'
-            f'tls_cert = "{cert}"\ntls_key = "{key}"\ntls_ca = "{ca}"\n'
-        )
     return (
-        f'[inside]\naddress = "{alg.inside}"\ntransports = ["udp"]\n'
-        f'[outside]\naddress = "{alg.outside}"\n{outside}'
+        f'[inside]\naddress = "{alg.inside}"\n{_transports(alg.inside_tls)}'
+        f'[outside]\naddress = "{alg.outside}"\n{_transports(alg.outside_tls)}'
         "[proxy]\n" + "\n".join(proxy) + "\n"
         f'[registrar]\nenabled = true\ndatabase = "{database}"\n'
         f"[media]\nenabled = true\n{secret}" + "\n".join(agents) + "\n"

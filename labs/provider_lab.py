@@ -81,8 +81,9 @@ ca_list = {pki}/ca.pem
 
 @dataclass
 class ProviderLab:
-    """`tls`: sipwall's trunk to the provider is SIP over TLS (5061 both ends, each
-    checking the other's certificate against the lab CA) instead of UDP."""
+    """`tls`: SIP over TLS instead of UDP between alice and sipwall's inside and between
+    sipwall's outside and the provider (5061 everywhere; every client checks the server's
+    certificate against the lab CA). carol stays on UDP."""
 
     lab: build.RunningLab
     work: Path
@@ -99,14 +100,16 @@ class ProviderLab:
         pki = self.work / "pki"
         lab_pki = generate_lab_pki(["127.0.0.1"], ["alg-1", "ctl"])
         write_lab_pki(pki, lab_pki)
-        outside_tls = None
+        sip_tls = None
         upstream = f"{PROVIDER}:5060"
         if self.tls:
-            # SIP certificates from the same lab CA: sipwall's for its outside address
-            # (the provider connects there to reach alice), the provider's for its own
-            cert, key = write_pair(pki, "sip-gw", issue_server(lab_pki.ca, [GW_OUTSIDE]))
+            # SIP certificates from the same lab CA: sipwall's for both its addresses
+            # (alice connects to the inside one, the provider to the outside one to reach
+            # alice), the provider's for its own
+            gw = issue_server(lab_pki.ca, [GW_OUTSIDE, GW_INSIDE])
+            cert, key = write_pair(pki, "sip-gw", gw)
             write_pair(pki, "sip-provider", issue_server(lab_pki.ca, [PROVIDER]))
-            outside_tls = (cert, key, pki / "ca.pem")
+            sip_tls = (cert, key, pki / "ca.pem")
             upstream = f"{PROVIDER}:5061;transport=tls"
         self.start_kamailio(pki)
         write_gateway_configs(
@@ -114,7 +117,8 @@ class ProviderLab:
             pki,
             upstream=upstream,
             alg_state=self.work / "alg-state",
-            outside_tls=outside_tls,
+            outside_tls=sip_tls,
+            inside_tls=sip_tls,
         )
         # the demo's process handling: started through the lab, waited for, stopped
         self._demo = Demo(
@@ -205,6 +209,8 @@ class ProviderLab:
             return self.phones[user]
         inside = user in INSIDE_USERS
         proxy = f"sip:{GW_INSIDE}:5060" if inside else f"sip:{PROVIDER}:5060"
+        if inside and self.tls:  # alice speaks TLS to sipwall, checking its certificate
+            proxy = f"sip:{GW_INSIDE}:5061;transport=tls"
         config = PhoneConfig(
             user,
             self.lab.address(user),
@@ -215,6 +221,7 @@ class ProviderLab:
             password=USERS[user],
             register_interval=600,
             rtp_ports=(10000, 10099) if inside else (12000, 12099),
+            sip_cafile=self.work / "pki" / "ca.pem" if inside and self.tls else None,
         )
         phone = Phone(self.lab, user, config, self.work / user).start()
         self.phones[user] = phone

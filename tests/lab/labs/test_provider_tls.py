@@ -1,10 +1,11 @@
-"""The provider scenario with sipwall's trunk to the provider over SIP over TLS.
+"""The provider scenario over SIP over TLS, both sides of sipwall.
 
-As tests/lab/labs/test_provider_lab.py, but the ALG reaches Kamailio at
-198.51.100.10:5061 over TLS (checking the provider's certificate against the lab CA),
-and the provider reaches alice's registration at sipwall's outside TLS port (checking
-sipwall's certificate): the masked Contact it stores names that port and transport=tls.
-Media is anchored by the real agent as on UDP; each phone hears the other's tone.
+As tests/lab/labs/test_provider_lab.py, but alice (baresip) speaks TLS to sipwall's
+inside (10.77.0.1:5061, checking its certificate against the lab CA), the ALG reaches
+Kamailio at 198.51.100.10:5061 over TLS (checking the provider's certificate), and the
+provider reaches alice's registration at sipwall's outside TLS port (checking sipwall's
+certificate): the masked Contact it stores names that port and transport=tls. Media is
+anchored by the real agent as on UDP; each phone hears the other's tone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from test_provider_lab import _call  # the call with tones, anchoring and release checks
 
 from labs import build
-from labs.demo import GW_OUTSIDE
+from labs.demo import GW_INSIDE, GW_OUTSIDE
 from labs.provider_lab import DOMAIN, ProviderLab, running_provider
 from labs.pytest_plugin import lab_fixture
 
@@ -73,3 +74,17 @@ def test_outgoing_call_leaves_over_tls(provider: ProviderLab) -> None:
         rf"provider: INVITE sip:alice@{DOMAIN} -> \S+ via {re.escape(GW_OUTSIDE)}:\d+ over tls",
         log,
     ), log
+
+
+def test_alice_holds_a_tls_connection_to_sipwalls_inside(provider: ProviderLab) -> None:
+    # what the kernel of the gateway sees: alice's connection to the TLS port, kept open
+    # for her registration (and used by the calls above)
+    alice = provider.lab.address("alice")
+    done = provider.lab.run("gw", ["ss", "-Htn", "state", "established", "( sport = :5061 )"])
+    peers = [line.split()[-1] for line in done.stdout.splitlines() if line.strip()]
+    assert any(peer.startswith(f"{alice}:") for peer in peers), done.stdout
+    assert all(
+        f"{GW_INSIDE}:5061" in line or f"{GW_OUTSIDE}:5061" in line
+        for line in done.stdout.splitlines()
+        if line.strip()
+    ), done.stdout
