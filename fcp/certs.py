@@ -114,7 +114,7 @@ def _issue(
     ca: KeyPair,
     common_name: str,
     sans: list[x509.GeneralName],
-    usage: x509.ObjectIdentifier,
+    usages: Sequence[x509.ObjectIdentifier],
     valid_days: int,
 ) -> KeyPair:
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
@@ -126,7 +126,7 @@ def _issue(
     cert = (
         _builder(subject, ca_cert.subject, key.public_key(), valid_days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
@@ -141,6 +141,18 @@ def issue_server(
     ca: KeyPair, hosts: Sequence[str], valid_days: int = DEFAULT_VALID_DAYS
 ) -> KeyPair:
     """The agent's certificate; every host (IP address or DNS name) becomes a SAN."""
+    return _issue(ca, hosts[0], _host_sans(hosts), (ExtendedKeyUsageOID.SERVER_AUTH,), valid_days)
+
+
+def issue_sip(ca: KeyPair, hosts: Sequence[str], valid_days: int = DEFAULT_VALID_DAYS) -> KeyPair:
+    """A SIP-over-TLS certificate for the labs: a SIP element is the server of the
+    connections it accepts and the client of those it opens (mutual TLS when the other
+    end asks), so it may do both (serverAuth and clientAuth); hosts as SANs."""
+    usages = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return _issue(ca, hosts[0], _host_sans(hosts), usages, valid_days)
+
+
+def _host_sans(hosts: Sequence[str]) -> list[x509.GeneralName]:
     if not hosts:
         raise CertificateError("a server certificate needs at least one host")
     sans: list[x509.GeneralName] = []
@@ -149,14 +161,14 @@ def issue_server(
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             sans.append(x509.DNSName(host))
-    return _issue(ca, hosts[0], sans, ExtendedKeyUsageOID.SERVER_AUTH, valid_days)
+    return sans
 
 
 def issue_client(ca: KeyPair, identity: str, valid_days: int = DEFAULT_VALID_DAYS) -> KeyPair:
     """An ALG's certificate: identity in the URI SAN `urn:sipwall:<identity>` and the CN."""
     check_identity(identity)
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(IDENTITY_URI_PREFIX + identity)]
-    return _issue(ca, identity, sans, ExtendedKeyUsageOID.CLIENT_AUTH, valid_days)
+    return _issue(ca, identity, sans, (ExtendedKeyUsageOID.CLIENT_AUTH,), valid_days)
 
 
 def identity_of(cert: x509.Certificate) -> str | None:

@@ -1,9 +1,13 @@
 """Kamailio as a SIP-over-TLS peer on loopback, for the ALG's TLS tests.
 
-`tls_peer` writes a PKI (`fcp.certs`: one CA, a server certificate for the ALG's outside
+`tls_peer` writes a PKI (`fcp.certs`: one CA, a SIP certificate for the ALG's outside
 address and one for Kamailio's), fills `kamailio/tls_peer.cfg` and its tls.cfg, starts
 Kamailio in the foreground and waits until its UDP and TLS sockets listen. On the way out
 (success, failure or Ctrl-C) Kamailio is stopped: terminate, then kill.
+
+The TLS is mutual both ways: as a server Kamailio requires a client certificate signed
+by the lab CA (so the ALG must present its own), and as a client it presents its own
+and verifies the ALG's.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fcp.certs import generate_ca, issue_server, write_pair
+from fcp.certs import generate_ca, issue_sip, write_pair
 from labs.sipp_runner import free_port, stop
 
 TEMPLATE = Path(__file__).resolve().parent / "kamailio" / "tls_peer.cfg"
@@ -25,8 +29,8 @@ HOST = "127.0.0.30"
 TLS_CFG = """\
 [server:default]
 method = TLSv1.2+
-verify_certificate = no
-require_certificate = no
+verify_certificate = yes
+require_certificate = yes
 certificate = {pki}/peer.pem
 private_key = {pki}/peer.key
 ca_list = {pki}/ca.pem
@@ -35,6 +39,8 @@ ca_list = {pki}/ca.pem
 method = TLSv1.2+
 verify_certificate = yes
 require_certificate = yes
+certificate = {pki}/peer.pem
+private_key = {pki}/peer.key
 ca_list = {pki}/ca.pem
 """
 
@@ -53,8 +59,8 @@ class Pki:
 def write_pki(directory: Path, alg_host: str = "127.0.0.17") -> Pki:
     ca = generate_ca()
     write_pair(directory, "ca", ca)
-    write_pair(directory, "alg", issue_server(ca, [alg_host]))
-    write_pair(directory, "peer", issue_server(ca, [HOST]))
+    write_pair(directory, "alg", issue_sip(ca, [alg_host]))
+    write_pair(directory, "peer", issue_sip(ca, [HOST]))
     write_pair(directory, "stranger", generate_ca("not the lab CA"))
     return Pki(directory)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fcp.certs import generate_lab_pki, issue_server, write_lab_pki, write_pair
+from fcp.certs import generate_lab_pki, issue_sip, write_lab_pki, write_pair
 from labs import build
 from labs.baresip import Phone, PhoneConfig
 from labs.demo import GW_INSIDE, GW_OUTSIDE, Demo, DemoFailure, write_gateway_configs
@@ -106,9 +106,9 @@ class ProviderLab:
             # SIP certificates from the same lab CA: sipwall's for both its addresses
             # (alice connects to the inside one, the provider to the outside one to reach
             # alice), the provider's for its own
-            gw = issue_server(lab_pki.ca, [GW_OUTSIDE, GW_INSIDE])
+            gw = issue_sip(lab_pki.ca, [GW_OUTSIDE, GW_INSIDE])
             cert, key = write_pair(pki, "sip-gw", gw)
-            write_pair(pki, "sip-provider", issue_server(lab_pki.ca, [PROVIDER]))
+            write_pair(pki, "sip-provider", issue_sip(lab_pki.ca, [PROVIDER]))
             sip_tls = (cert, key, pki / "ca.pem")
             upstream = f"{PROVIDER}:5061;transport=tls"
         self.start_kamailio(pki)

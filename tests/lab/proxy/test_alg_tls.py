@@ -5,8 +5,9 @@ module, labs/kamailio_tls.py), with sipp at both ends, on loopback.
     inbound:  sipp UAC -UDP-> Kamailio -TLS-> ALG (outside) -UDP-> sipp UAS (inside)
 
 Kamailio logs every request with the transport it arrived over, so the tests see what
-crossed TLS; each side checks the other's certificate against the lab CA, and a peer
-whose certificate the ALG cannot verify gets nothing.
+crossed TLS. The TLS is mutual both ways: each end presents its certificate and checks
+the other's against the lab CA (the ALG with tls_require_client_cert on the way in), and
+a peer whose certificate the ALG cannot verify gets nothing.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ pytestmark = [pytest.mark.peers, pytest.mark.slow]
 ALG_OUTSIDE = "127.0.0.17"
 
 
-def tls_outside(pki: Pki, port: int, ca: str) -> str:
+def tls_outside(pki: Pki, port: int, ca: str, *, require_client_cert: bool = False) -> str:
     return (
         'transports = ["udp", "tls"]\n'
         f"tls_port = {port}\n"
         f'tls_cert = "{pki.path("alg.pem")}"\n'
         f'tls_key = "{pki.path("alg.key")}"\n'
         f'tls_ca = "{pki.path(ca)}"\n'
+        f"tls_require_client_cert = {str(require_client_cert).lower()}\n"
     )
 
 
@@ -79,9 +81,9 @@ def test_calls_come_in_over_tls_from_a_peer_that_verifies_us(tmp_path: Path) -> 
         tls_peer(tmp_path, pki, alg_tls) as peer,
     ):
         users = f'[users]\nbob = ["sip:bob@{uas[0]}:{uas[1]}"]\n'
-        with alg_process(
-            tmp_path, users, outside_toml=tls_outside(pki, alg_tls[1], "ca.pem")
-        ) as alg:
+        # mutual TLS: the ALG refuses a client without a certificate from the lab CA
+        outside = tls_outside(pki, alg_tls[1], "ca.pem", require_client_cert=True)
+        with alg_process(tmp_path, users, outside_toml=outside) as alg:
             # the caller is outside and sends through Kamailio, which relays over TLS
             result = sipp_uac(
                 "uac_sdp.xml",

@@ -15,7 +15,7 @@ from alg.config import AlgConfig, ConfigError, parse_config
 from alg.proxy import ProxyCore
 from alg.proxy_model import Endpoint, Interface, ProxyConfig
 from alg.tls import TlsSettings, contexts
-from fcp.certs import generate_ca, issue_server, write_pair
+from fcp.certs import generate_ca, issue_server, issue_sip, write_pair
 
 TLS_BOB = Endpoint("outside", "TLS", "203.0.113.20", 5061, connection=7)
 
@@ -172,3 +172,17 @@ def test_what_is_not_a_pending_request_is_ignored() -> None:
     assert core.transport_failed(type(send)(elsewhere, send.data), 0.1) == []
     assert core.transport_failed(type(send)(send.to, b"garbage"), 0.1) == []
     assert core.stats["transport_failed"] == 0
+
+
+def test_a_lab_sip_certificate_may_serve_and_be_presented_as_a_client() -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    cert = issue_sip(generate_ca(), ["203.0.113.1", "10.77.0.1"]).certificate
+    usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == [
+        "203.0.113.1",
+        "10.77.0.1",
+    ]
