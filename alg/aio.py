@@ -248,8 +248,10 @@ class AlgShell:
         # core's stats, so they reach the stats file
         self.streams = ConnectionTable(config.connections, core.stats)
         self._sweeping: asyncio.TimerHandle | None = None
-        # connections by (side, "TCP"/"TLS", host, port), for reuse (RFC 3261 §18.1.1)
+        # connections by (side, "TCP"/"TLS", host, port), for reuse (RFC 3261 §18.1.1),
+        # and what waits for a connection being opened to such a peer
         self.by_peer: dict[tuple[Side, str, str, int], _Stream] = {}
+        self._connecting: dict[tuple[Side, str, str, int], list[Send]] = {}
         # TLS contexts of the sides with "tls" in their transports (alg.tls)
         self.tls: dict[Side, TlsContexts] = {}
         for side in SIDES:
@@ -500,13 +502,32 @@ class AlgShell:
         stream = None
         if target.connection is not None:
             stream = self.connections.get(target.connection)
+        key = (target.side, target.transport, target.host, target.port)
+        waiting = self._connecting.get(key)
+        if stream is None and waiting is not None:
+            # one connection per peer (RFC 3261 §18.1.1 reuse): a CANCEL right after
+            # its INVITE waits for the connection the INVITE opens, and follows it (even
+            # if the connection is up already but what waits has not been written yet)
+            waiting.append(send)
+            return
         if stream is None:
-            stream = self.by_peer.get((target.side, target.transport, target.host, target.port))
+            stream = self.by_peer.get(key)
         if stream is not None and stream.transport is not None:
             stream.transport.write(send.data)
             self.streams.used(stream.number, self._loop.time())
             return
-        task = self._loop.create_task(self._connect_and_send(send))
+        if target.transport == "TLS" and target.side not in self.tls:
+            # never downgrade a hop that asked for TLS to plain TCP (RFC 3261 §26.2.1)
+            log.warning(
+                "no TLS on the %s side: not sending to %s:%d over TLS",
+                target.side,
+                target.host,
+                target.port,
+            )
+            self._undelivered(send)
+            return
+        self._connecting[key] = [send]
+        task = self._loop.create_task(self._connect_and_send(key))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -520,44 +541,35 @@ class AlgShell:
         self._dispatch(sends)
         self._after_core()
 
-    async def _connect_and_send(self, send: Send) -> None:
-        target = send.to
-        side_config = getattr(self.config, target.side)
+    async def _connect_and_send(self, key: tuple[Side, str, str, int]) -> None:
+        """Open the connection to `key`'s peer, then send what waits for it, in order."""
+        side, transport, host, port = key
         tls: dict[str, Any] = {}
-        if target.transport == "TLS":
-            side_tls = self.tls.get(target.side)
-            if side_tls is None:
-                # never downgrade a hop that asked for TLS to plain TCP (RFC 3261 §26.2.1)
-                log.warning(
-                    "no TLS on the %s side: not sending to %s:%d over TLS",
-                    target.side,
-                    target.host,
-                    target.port,
-                )
-                self._undelivered(send)
-                return
-            client = side_tls.client
+        if transport == "TLS":
+            client = self.tls[side].client
             tls = {
                 "ssl": client,
                 # the address is what we can check: see alg.tls
-                "server_hostname": target.host if client.check_hostname else None,
+                "server_hostname": host if client.check_hostname else None,
                 "ssl_handshake_timeout": TLS_HANDSHAKE_SECONDS,
             }
         try:
             _, protocol = await asyncio.wait_for(
                 self._loop.create_connection(
-                    self._stream_factory(target.side, target.transport, inbound=False),
-                    target.host,
-                    target.port,
-                    local_addr=(side_config.address, 0),
+                    self._stream_factory(side, transport, inbound=False),
+                    host,
+                    port,
+                    local_addr=(getattr(self.config, side).address, 0),
                     **tls,
                 ),
                 timeout=CONNECT_SECONDS,
             )
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            where = f"{target.host}:{target.port} over {target.transport}"
-            log.warning("cannot connect to %s: %s", where, exc)
-            self._undelivered(send)
+            log.warning("cannot connect to %s:%d over %s: %s", host, port, transport, exc)
+            for send in self._connecting.pop(key, []):
+                self._undelivered(send)
             return
+        sends = self._connecting.pop(key, [])
         if protocol.transport is not None:
-            protocol.transport.write(send.data)
+            for send in sends:
+                protocol.transport.write(send.data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
@@ -20,6 +20,7 @@ from alg.connections import (
     ConnectionLimits,
     ConnectionTable,
 )
+from alg.proxy_model import Endpoint, Send
 from labs.sipp_runner import free_port
 
 
@@ -148,3 +149,43 @@ async def test_the_shell_refuses_a_third_connection_and_closes_idle_ones(
     assert len(shell.connections) == 0 and len(shell.streams) == 0
     for _, writer in (first, second, third):
         writer.close()
+
+
+@pytest.mark.asyncio
+async def test_sends_to_a_peer_being_connected_share_one_connection_in_order(
+    shell: AlgShell,
+) -> None:
+    accepted: list[asyncio.StreamReader] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(reader)
+        writers.append(writer)
+
+    port = free_port("127.0.0.2")
+    server = await asyncio.start_server(on_connect, "127.0.0.2", port)
+    try:
+        peer = Endpoint("inside", "TCP", "127.0.0.2", port)
+        # three messages to a peer we have no connection to, back to back (an INVITE,
+        # its CANCEL, ...): one connection, opened once, carrying them in order
+        shell._dispatch([Send(peer, b"one\r\n"), Send(peer, b"two\r\n")])
+        shell._dispatch([Send(peer, b"three\r\n")])
+        await until(lambda: len(accepted) == 1)
+        data = b""
+        while data.count(b"\r\n") < 3:
+            data += await asyncio.wait_for(accepted[0].read(100), 2.0)
+        assert data == b"one\r\ntwo\r\nthree\r\n"
+        assert len(accepted) == 1 and len(shell.connections) == 1
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def until(condition: Callable[[], bool], within: float = 2.0) -> None:
+    """Wait for `condition`, checking at every turn of the loop, at most `within` s."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
