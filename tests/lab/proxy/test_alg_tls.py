@@ -13,6 +13,8 @@ a peer whose certificate the ALG cannot verify gets nothing.
 from __future__ import annotations
 
 import contextlib
+import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +86,10 @@ def test_calls_come_in_over_tls_from_a_peer_that_verifies_us(tmp_path: Path) -> 
         # mutual TLS: the ALG refuses a client without a certificate from the lab CA
         outside = tls_outside(pki, alg_tls[1], "ca.pem", require_client_cert=True)
         with alg_process(tmp_path, users, outside_toml=outside) as alg:
+            # first, clients that are not TLS peers at all: plain SIP on the TLS port, and
+            # a TLS client without a certificate. Each is cut off; the ALG goes on serving
+            assert cut_off_plaintext(alg_tls)
+            assert cut_off_without_certificate(alg_tls, pki)
             # the caller is outside and sends through Kamailio, which relays over TLS
             result = sipp_uac(
                 "uac_sdp.xml",
@@ -100,6 +106,31 @@ def test_calls_come_in_over_tls_from_a_peer_that_verifies_us(tmp_path: Path) -> 
     invites = [r for r in requests if r.startswith("INVITE ")]
     assert len(invites) == 10 and all(r.endswith("over udp") for r in invites), requests
     assert "Traceback" not in log, log
+
+
+def cut_off_plaintext(address: tuple[str, int]) -> bool:
+    """Plain SIP sent to the TLS port: the handshake fails and the ALG closes it."""
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(b"OPTIONS sip:127.0.0.17 SIP/2.0\r\nContent-Length: 0\r\n\r\n")
+        try:
+            while sock.recv(4096):  # whatever TLS alert comes back, then the close
+                pass
+        except ConnectionResetError:
+            pass
+    return True
+
+
+def cut_off_without_certificate(address: tuple[str, int], pki: Pki) -> bool:
+    """A TLS client that trusts the ALG but has no certificate of its own is refused
+    (tls_require_client_cert): the handshake, or the first read after it, fails."""
+    context = ssl.create_default_context(cafile=pki.path("ca.pem"))
+    with socket.create_connection(address, timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname=address[0]) as tls:
+                tls.sendall(b"\r\n\r\n")  # a keep-alive ping: answered if accepted
+                return tls.recv(4096) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            return True
 
 
 def test_a_peer_whose_certificate_we_cannot_verify_gets_nothing(tmp_path: Path) -> None:
