@@ -103,14 +103,21 @@ class Hiding:
         host = f"[{self.outside_host}]" if ":" in self.outside_host else self.outside_host
         return f"{host}:{self.outside_port}"
 
+    @property
+    def sips_hostport(self) -> str:
+        """Our outside address at the port TLS reaches (the UDP/TCP one without TLS)."""
+        if self.outside_tls_port is None:
+            return self.hostport
+        host = f"[{self.outside_host}]" if ":" in self.outside_host else self.outside_host
+        return f"{host}:{self.outside_tls_port}"
+
     def contact_hostport(self, transport: str) -> str:
         """Where a masked Contact points for a hop over `transport`: our outside address
         with the port and transport parameter that reach us that way (a peer that sends
         its next request to the Contact must use the transport it can use, RFC 3261
         §18.1.1, §26.2 for TLS)."""
         if transport == "TLS" and self.outside_tls_port is not None:
-            host = f"[{self.outside_host}]" if ":" in self.outside_host else self.outside_host
-            return f"{host}:{self.outside_tls_port};transport=tls"
+            return f"{self.sips_hostport};transport=tls"
         if transport == "TCP":
             return f"{self.hostport};transport=tcp"
         return self.hostport
@@ -188,6 +195,10 @@ def _masked_uri(
     tokens: TokenTable, uri_text: str, hiding: Hiding, now: float, lr: bool, *, hostport: str = ""
 ) -> str:
     token = _token(tokens, uri_text, now, "uri")
+    if hostport and uri_text[:5].lower() == "sips:":
+        # a SIPS Contact asks for TLS on every hop (RFC 5630 §3.1.1): its mask is one too,
+        # at our TLS port, with no transport parameter (§3.1.3)
+        return f"sips:{token}@{hiding.sips_hostport}"
     return f"sip:{token}@{hostport or hiding.hostport}" + (";lr" if lr else "")
 
 

@@ -294,3 +294,24 @@ def test_a_response_going_out_names_the_transport_of_the_callers_hop() -> None:
     hide_outbound(edit, tokens, ViaStash(), TLS_HIDING, NOW)
     contact = parse_message(edit.apply()).header("contact") or ""
     assert contact.endswith("@203.0.113.1:5061;transport=tls>"), contact
+
+
+def test_a_sips_contact_stays_sips_at_our_tls_port_and_restores_exactly() -> None:
+    tokens = TokenTable(SECRET)
+    data = invite(contact="<sips:alice@10.77.0.10:5061>").replace(
+        b"SIP/2.0/UDP 203.0.113.1:5060", b"SIP/2.0/TLS 203.0.113.1:5061"
+    )
+    edit = MessageEditor(parse_message(data))
+    hide_outbound(edit, tokens, ViaStash(), TLS_HIDING, NOW)
+    sent = parse_message(edit.apply())
+    contact = sent.header("contact") or ""
+    assert re.fullmatch(r"<sips:sw-[a-z2-7]+@203\.0\.113\.1:5061>", contact), contact
+    uri = contact.strip("<>")
+    request = (
+        f"BYE {uri} SIP/2.0\r\nVia: SIP/2.0/TLS 203.0.113.20:5061;branch=z9hG4bKb3\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:bob@203.0.113.20>;tag=b1\r\n"
+        f"To: <sip:alice@203.0.113.1>;tag=a1\r\nCall-ID: {sent.call_id}\r\n"
+        "CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    restored = parse_message(restore_inbound(request, tokens, ViaStash(), NOW))
+    assert restored.start_line.uri_text == "sips:alice@10.77.0.10:5061"  # type: ignore[union-attr]
