@@ -242,7 +242,9 @@ def assemble(config: AlgConfig) -> AlgServices:
             ),
             wall_offset=wall_offset,
         )
-    hops = HopHealth(proxy.hop_hold_down)
+    hops = HopHealth(
+        proxy.hop_hold_down, proxy.hop_probe_interval, watched=router_config.table.hops()
+    )
     edge = EdgeRouter(
         proxy,
         router_config,

@@ -126,6 +126,7 @@ class AlgConfig:
     t1: float = 0.5
     failover_timeout: float = 4.0  # serial targets: no answer at all by then, try the next
     hop_hold_down: float = 30.0  # a next hop that did not answer is routed last this long
+    hop_probe_interval: float = 10.0  # OPTIONS to such a hop this often (0: never)
     static_users: tuple[StaticUser, ...] = ()
     upstream: str | None = None  # default outbound proxy, "host[:port][;transport=x]"
     log_level: str = "INFO"
@@ -166,6 +167,7 @@ class AlgConfig:
             timer_c=self.timer_c,
             failover_timeout=self.failover_timeout,
             hop_hold_down=self.hop_hold_down,
+            hop_probe_interval=self.hop_probe_interval,
             timers=TimerSettings(t1=self.t1, t2=max(4.0, self.t1 * 8), t4=5.0),
         )
 
@@ -471,6 +473,7 @@ def parse_config(data: Mapping[str, Any]) -> AlgConfig:
         t1=float(proxy.get("t1", 0.5)),
         failover_timeout=_seconds(proxy, "failover_timeout", 4.0),
         hop_hold_down=_seconds(proxy, "hop_hold_down", 30.0),
+        hop_probe_interval=_seconds(proxy, "hop_probe_interval", 10.0),
         static_users=tuple(users),
         upstream=proxy.get("upstream"),
         connections=_connection_limits(proxy),

@@ -134,6 +134,8 @@ class EdgeRouter:
         self.routes = routing.RouterConfig(
             self.routes.local_domains, self.routes.location, table, self.routes.directory
         )
+        if self.hops is not None:
+            self.hops.watch(table.hops())
 
     def route(self, request: SipMessage, source: Endpoint, now: float) -> Routed | Answer | Resolve:
         uri = request.request_uri

@@ -37,11 +37,12 @@ import itertools
 import logging
 from collections import Counter
 
-from alg.builders import build_response, new_tag
+from alg.builders import build_response, new_tag, random_hex
 from alg.call_events import CallEvents
 from alg.cdr import CallRecorder, Cdr
 from alg.errors import SipParseError
 from alg.forwarding import (
+    MAGIC_COOKIE,
     RoutePlan,
     build_forwarded,
     endpoint_for,
@@ -116,7 +117,9 @@ class ProxyCore(ProxyResponses):
         self.stats: Counter[str] = Counter()
         # next hops that left requests unanswered (alg.hop_health), shared with the
         # router that orders them; its counters are the core's
-        self.hops = hops if hops is not None else HopHealth(config.hop_hold_down)
+        self.hops = (
+            hops if hops is not None else HopHealth(config.hop_hold_down, config.hop_probe_interval)
+        )
         self.hops.stats = self.stats
         # media anchoring (alg.media): messages crossing sides go through the gate and
         # may wait there for the agent
@@ -164,6 +167,9 @@ class ProxyCore(ProxyResponses):
         media = self._gate.get_timer()
         if media is not None:
             calls = media if calls is None else min(calls, media)
+        probe = self.hops.next_probe()
+        if probe is not None:
+            calls = probe if calls is None else min(calls, probe)
         deadline = self._timers.next_deadline()
         if deadline is None or calls is None:
             return calls if deadline is None else deadline
@@ -183,6 +189,8 @@ class ProxyCore(ProxyResponses):
             self.calls.expire(now)
         self._gate.timers(now, out, self.calls.recorder if self.calls is not None else None)
         self._send_media_requests(now, out)
+        for hop in self.hops.probes_due(now):
+            self._probe(hop, now, out)
         for owner in self._timers.due(now):
             if isinstance(owner, ServerSide):
                 self._server_actions(owner, owner.txn.handle_timer(now), out)
@@ -287,7 +295,7 @@ class ProxyCore(ProxyResponses):
         if branch is None or branch.destination != send.to or branch.data != send.data:
             return out
         self.stats["transport_failed"] += 1
-        self.hops.failed(send.to.host, send.to.port, now)
+        self.hops.failed(send.to, now)
         for action in branch.txn.handle(Event.TRANSPORT_ERROR, now):
             if action is Action.TRANSPORT_FAILED:
                 failed = parse_message(build_response(branch.request, 503))
@@ -297,6 +305,39 @@ class ProxyCore(ProxyResponses):
                 self._forget_client(branch)
         self._schedule(branch)
         return out
+
+    def _probe(self, hop: Endpoint, now: float, out: list[Send]) -> None:
+        """An OPTIONS to a next hop held down for not answering (alg.hop_health), from
+        our interface on its side; its answer (`_on_response`) brings the hop back."""
+        interface = self.config.interfaces[hop.side]
+        sent_by = interface.sent_by(hop.transport)
+        host = f"[{hop.host}]" if ":" in hop.host else hop.host
+        transport = "" if hop.transport == "UDP" else f";transport={hop.transport.lower()}"
+        uri = f"sip:{host}:{hop.port}{transport}"
+        branch_id = f"{MAGIC_COOKIE}{random_hex(8)}"
+        data = (
+            f"OPTIONS {uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/{hop.transport} {sent_by};branch={branch_id};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:sipwall@{sent_by}>;tag={new_tag()}\r\n"
+            f"To: <{uri}>\r\n"
+            f"Call-ID: {random_hex(12)}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+        branch = ClientBranch(
+            next(self._branch_numbers),
+            ClientKey(branch_id, "OPTIONS"),
+            Transaction.start(
+                Kind.NON_INVITE_CLIENT, reliable=hop.reliable, now=now, settings=self.config.timers
+            ),
+            data,
+            hop,
+            None,  # no server transaction: the answer is ours (absorbed, as a CANCEL's)
+        )
+        self._clients[branch.key] = branch
+        out.append(Send(hop, data))
+        self._schedule(branch)
 
     def take_lookups(self) -> list[str]:
         lookups, self.lookups = self.lookups, []

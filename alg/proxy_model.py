@@ -82,6 +82,7 @@ class ProxyConfig:
     # next one (0: wait for Timer B/F); alg.hop_health holds it down for hop_hold_down
     failover_timeout: float = 4.0
     hop_hold_down: float = 30.0
+    hop_probe_interval: float = 10.0  # OPTIONS to a held-down hop this often; 0: none
     timers: TimerSettings = field(default_factory=TimerSettings)
     supported_extensions: frozenset[str] = frozenset()  # for Proxy-Require (§16.3 step 5)
     auth_realm: str | None = None  # our digest realm: consumed credentials are removed

@@ -182,7 +182,7 @@ class ProxyResponses(ProxyPlumbing):
                 # serial forking: not even a 100 Trying from this target; the next one is
                 # tried now rather than after Timer B/F, and this one is held down
                 self.stats["failover.no_answer"] += 1
-                self.hops.failed(branch.destination.host, branch.destination.port, now)
+                self.hops.failed(branch.destination, now)
                 branch.txn.abandon()
                 self._branch_failed(branch, now, out)
                 self._forget_client(branch)
@@ -207,7 +207,7 @@ class ProxyResponses(ProxyPlumbing):
                 self.stats["retransmitted"] += 1
             elif action in (Action.TIMEOUT, Action.TRANSPORT_FAILED):
                 if not branch.provisional:  # never answered at all: held down
-                    self.hops.failed(branch.destination.host, branch.destination.port, now)
+                    self.hops.failed(branch.destination, now)
                 self._branch_failed(branch, now, out)
             elif action is Action.TERMINATE:
                 self._forget_client(branch)

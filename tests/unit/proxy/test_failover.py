@@ -16,26 +16,55 @@ from alg.assemble import AlgServices, assemble
 from alg.builders import build_response
 from alg.config import parse_config
 from alg.hop_health import HopHealth
-from alg.proxy_model import Endpoint
+from alg.proxy_model import Endpoint, Send
+from alg.sip import SipMessage
 
 GW1 = Endpoint("outside", "UDP", "198.51.100.1", 5060)
 GW2 = Endpoint("outside", "UDP", "198.51.100.2", 5060)
+WATCHED = frozenset({(GW1.host, GW1.port), (GW2.host, GW2.port)})
 
 
 def test_hop_health_holds_down_until_an_answer_or_the_end_of_the_hold() -> None:
-    hops = HopHealth(hold_down=30.0)
+    hops = HopHealth(hold_down=30.0, probe_interval=0, watched=WATCHED)
     assert hops.down(0.0) == frozenset()
-    hops.failed("198.51.100.1", 5060, 1.0)
-    hops.failed("198.51.100.1", 5060, 2.0)  # again: the hold restarts, counted once
-    hops.failed("198.51.100.2", 5060, 3.0)
-    assert hops.down(31.9) == {("198.51.100.1", 5060), ("198.51.100.2", 5060)}
-    hops.answered("198.51.100.2", 5060)
-    assert hops.down(31.9) == {("198.51.100.1", 5060)}
+    hops.failed(GW1, 1.0)
+    hops.failed(GW1, 2.0)  # again: the hold restarts, counted once
+    hops.failed(GW2, 3.0)
+    assert hops.down(31.9) == {(GW1.host, GW1.port), (GW2.host, GW2.port)}
+    hops.answered(GW2.host, GW2.port)
+    assert hops.down(31.9) == {(GW1.host, GW1.port)}
     assert hops.down(32.0) == frozenset()  # the hold is over
     assert (hops.stats["hop.held_down"], hops.stats["hop.back_up"]) == (2, 1)
-    off = HopHealth(hold_down=0)
-    off.failed("198.51.100.1", 5060, 0.0)
-    assert off.down(0.0) == frozenset()
+    assert hops.next_probe() is None and hops.probes_due(100.0) == []
+    off = HopHealth(hold_down=0, watched=WATCHED)
+    off.failed(GW1, 0.0)
+    assert off.down(0.0) == frozenset() and off.next_probe() is None
+
+
+def test_only_the_route_tables_hops_are_watched() -> None:
+    hops = HopHealth(watched=frozenset({(GW1.host, GW1.port)}))
+    phone = Endpoint("outside", "UDP", "203.0.113.77", 5060)  # a callee, not a gateway
+    hops.failed(phone, 0.0)
+    hops.failed(GW1, 0.0)
+    assert hops.down(1.0) == {(GW1.host, GW1.port)} and hops.probes_due(10.0) == [GW1]
+    hops.watch(frozenset({(GW2.host, GW2.port)}))  # a reloaded table without gw1
+    assert hops.down(1.0) == frozenset() and hops.next_probe() is None
+
+
+def test_a_down_hop_is_probed_every_interval_until_it_answers_or_its_hold_ends() -> None:
+    hops = HopHealth(hold_down=30.0, probe_interval=10.0, watched=WATCHED)
+    hops.failed(GW1, 0.0)
+    assert hops.next_probe() == 10.0
+    assert hops.probes_due(9.9) == []
+    assert hops.probes_due(10.0) == [GW1]
+    assert hops.next_probe() == 20.0
+    hops.answered(GW1.host, GW1.port)  # the probe's answer: back up, no more probes
+    assert hops.down(20.0) == frozenset() and hops.next_probe() is None
+    hops.failed(GW2, 100.0)
+    assert hops.probes_due(110.0) == [GW2] and hops.probes_due(120.0) == [GW2]
+    assert hops.probes_due(130.0) == []  # the hold is over at 130: nothing left to probe
+    assert hops.next_probe() is None
+    assert hops.stats["hop.probes"] == 3
 
 
 def services(
@@ -134,3 +163,32 @@ def test_the_counters_name_the_held_down_hops(tmp_path: Path) -> None:
     counters = assembled.counters()
     assert counters["next_hops_held_down"] == [f"{GW1.host}:{GW1.port}"]
     assert counters["proxy"]["failover.no_answer"] == 1  # type: ignore[index]
+
+
+def options_to(out: list[Send], hop: Endpoint) -> list[SipMessage]:
+    return [m for m in sent_to(out, hop) if m.method == "OPTIONS"]
+
+
+def test_the_silent_gateway_is_probed_and_comes_back_when_it_answers(tmp_path: Path) -> None:
+    core = services(tmp_path).core
+    core.receive(call(1), ALICE, 0.0)
+    fired = run_timers(core, 13.99)
+    assert core.hops.down(13.99) == {(GW1.host, GW1.port)}
+    assert not [m for _, out in fired for m in options_to(out, GW1)]
+    ((at, out),) = [(at, out) for at, out in run_timers(core, 14.0) if options_to(out, GW1)]
+    assert at == 14.0  # held down at 4.0, probed 10 s later
+    (probe,) = options_to(out, GW1)
+    assert probe.top_via.host == "203.0.113.1" and str(probe.request_uri) == "sip:198.51.100.1:5060"
+    assert core.receive(build_response(probe, 200, to_tag="p1"), GW1, 14.1) == []  # ours
+    assert core.hops.down(14.1) == frozenset()
+    assert sent_to(core.receive(call(2), ALICE, 15.0), GW1)  # first again
+
+
+def test_a_probe_left_unanswered_holds_the_gateway_down_again(tmp_path: Path) -> None:
+    core = services(tmp_path).core
+    core.receive(call(1), ALICE, 0.0)
+    run_timers(core, 60.0)
+    # without probes gw1 would be back at 34 s; the probe sent at 14 s timed out at 46 s
+    # (gw2, which got the call and never answered it either, is down too)
+    assert (GW1.host, GW1.port) in core.hops.down(60.0)
+    assert core.stats["hop.probes"] >= 2
