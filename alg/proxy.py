@@ -75,6 +75,7 @@ from alg.ratelimit import Reject as RateReject
 from alg.sip import (
     SipMessage,
     SipUri,
+    address_port,
     check_request,
     parse_message,
     parse_uri,
@@ -311,9 +312,8 @@ class ProxyCore(ProxyResponses):
         our interface on its side; its answer (`_on_response`) brings the hop back."""
         interface = self.config.interfaces[hop.side]
         sent_by = interface.sent_by(hop.transport)
-        host = f"[{hop.host}]" if ":" in hop.host else hop.host
         transport = "" if hop.transport == "UDP" else f";transport={hop.transport.lower()}"
-        uri = f"sip:{host}:{hop.port}{transport}"
+        uri = f"sip:{address_port(hop.host, hop.port)}{transport}"
         branch_id = f"{MAGIC_COOKIE}{random_hex(8)}"
         data = (
             f"OPTIONS {uri} SIP/2.0\r\n"

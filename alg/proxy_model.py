@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from alg.sip import SipMessage
+from alg.sip import SipMessage, address_port
 from alg.transactions import TimerSettings
 
 Side = Literal["inside", "outside"]
@@ -61,13 +61,10 @@ class Interface:
         return self.port
 
     def uri(self, transport: str) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = self.port_for(transport)
-        return f"sip:{host}:{port};transport={transport.lower()};lr;r2=on"
+        return f"sip:{self.sent_by(transport)};transport={transport.lower()};lr;r2=on"
 
     def sent_by(self, transport: str = "UDP") -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port_for(transport)}"
+        return address_port(self.host, self.port_for(transport))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,23 +26,20 @@ from labs.sipp_runner import free_port, stop
 TEMPLATE = Path(__file__).resolve().parent / "kamailio" / "tls_peer.cfg"
 HOST = "127.0.0.30"
 
-TLS_CFG = """\
-[server:default]
-method = TLSv1.2+
-verify_certificate = yes
-require_certificate = yes
-certificate = {pki}/peer.pem
-private_key = {pki}/peer.key
-ca_list = {pki}/ca.pem
 
-[client:default]
-method = TLSv1.2+
-verify_certificate = yes
-require_certificate = yes
-certificate = {pki}/peer.pem
-private_key = {pki}/peer.key
-ca_list = {pki}/ca.pem
-"""
+def kamailio_tls_cfg(cert: Path, key: Path, ca: Path, *, require_client_cert: bool) -> str:
+    """A tls.cfg for Kamailio's tls module: as a server and as a client it presents
+    `cert` (TLS 1.2 or newer); as a client it checks servers against `ca`, and as a
+    server it requires (and checks) clients' certificates only if told."""
+    profiles = []
+    for role, checks in (("server", require_client_cert), ("client", True)):
+        flag = "yes" if checks else "no"
+        profiles.append(
+            f"[{role}:default]\nmethod = TLSv1.2+\n"
+            f"verify_certificate = {flag}\nrequire_certificate = {flag}\n"
+            f"certificate = {cert}\nprivate_key = {key}\nca_list = {ca}\n"
+        )
+    return "\n".join(profiles)
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,15 @@ def tls_peer(workdir: Path, pki: Pki, alg_tls: tuple[str, int]) -> Iterator[TlsP
     run = workdir / "kamailio"
     run.mkdir(parents=True, exist_ok=True)
     tls_cfg = run / "tls.cfg"
-    tls_cfg.write_text(TLS_CFG.format(pki=pki.directory))
+    directory = pki.directory
+    tls_cfg.write_text(
+        kamailio_tls_cfg(
+            directory / "peer.pem",
+            directory / "peer.key",
+            directory / "ca.pem",
+            require_client_cert=True,
+        )
+    )
     values = {
         "@HOST@": HOST,
         "@UDP_PORT@": str(udp[1]),

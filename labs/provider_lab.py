@@ -32,6 +32,7 @@ from fcp.certs import generate_lab_pki, issue_sip, write_lab_pki, write_pair
 from labs import build
 from labs.baresip import Phone, PhoneConfig
 from labs.demo import GW_INSIDE, GW_OUTSIDE, Demo, DemoFailure, write_gateway_configs
+from labs.kamailio_tls import kamailio_tls_cfg
 from labs.netns import poll_until
 
 SCENARIO = "provider"
@@ -61,22 +62,6 @@ class Registered:
     aor: str
     contact: str
     received: str | None
-
-
-PROVIDER_TLS_CFG = """\
-[server:default]
-method = TLSv1.2+
-verify_certificate = no
-require_certificate = no
-certificate = {pki}/sip-provider.pem
-private_key = {pki}/sip-provider.key
-
-[client:default]
-method = TLSv1.2+
-verify_certificate = yes
-require_certificate = yes
-ca_list = {pki}/ca.pem
-"""
 
 
 @dataclass
@@ -139,7 +124,14 @@ class ProviderLab:
         argv += ["-Y", str(rundir), "-n", "2", "-DD", "-E"]
         if self.tls:
             tls_cfg = rundir / "tls.cfg"
-            tls_cfg.write_text(PROVIDER_TLS_CFG.format(pki=pki))
+            tls_cfg.write_text(
+                kamailio_tls_cfg(
+                    pki / "sip-provider.pem",
+                    pki / "sip-provider.key",
+                    pki / "ca.pem",
+                    require_client_cert=False,
+                )
+            )
             argv += ["-A", "WITH_TLS", "-A", f'TLS_CONFIG="{tls_cfg}"']
         proc = self.lab.spawn("provider", argv, name="kamailio")
         self._kamailio = proc

@@ -56,7 +56,7 @@ from alg.sdp import (
     set_media_transport,
     set_session_connection,
 )
-from alg.sip import MessageEditor, SipMessage, SipUri, find_sdp
+from alg.sip import MessageEditor, SipMessage, SipUri, address_port, find_sdp
 from alg.sip.headers import parse_name_address, split_commas
 
 # Fields a message cannot do without (RFC 3261 §8.1.1): never deleted, must be masked.
@@ -100,16 +100,12 @@ class Hiding:
 
     @property
     def hostport(self) -> str:
-        host = f"[{self.outside_host}]" if ":" in self.outside_host else self.outside_host
-        return f"{host}:{self.outside_port}"
+        return address_port(self.outside_host, self.outside_port)
 
     @property
     def sips_hostport(self) -> str:
         """Our outside address at the port TLS reaches (the UDP/TCP one without TLS)."""
-        if self.outside_tls_port is None:
-            return self.hostport
-        host = f"[{self.outside_host}]" if ":" in self.outside_host else self.outside_host
-        return f"{host}:{self.outside_tls_port}"
+        return address_port(self.outside_host, self.outside_tls_port or self.outside_port)
 
     def contact_hostport(self, transport: str) -> str:
         """Where a masked Contact points for a hop over `transport`: our outside address

@@ -30,7 +30,15 @@ from alg.sip.stream import (
     SipStreamReader,
     StreamEvent,
 )
-from alg.sip.uri import AbsoluteUri, SipUri, TelUri, Uri, is_ip_literal, parse_uri
+from alg.sip.uri import (
+    AbsoluteUri,
+    SipUri,
+    TelUri,
+    Uri,
+    address_port,
+    is_ip_literal,
+    parse_uri,
+)
 from alg.sip.validate import check_request, check_response
 
 __all__ = [
@@ -63,4 +71,5 @@ __all__ = [
     "is_ip_literal",
     "parse_message",
     "parse_uri",
+    "address_port",
 ]

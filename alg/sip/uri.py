@@ -53,6 +53,12 @@ def _bad(what: str) -> SipParseError:
     return SipParseError(400, f"Malformed {what}")
 
 
+def address_port(address: str, port: int) -> str:
+    """`address:port` for a literal address, an IPv6 one in brackets (RFC 3261 §25.1
+    hostport), as Via sent-by, Record-Route and our masked URIs write ours."""
+    return _host_port(address, "ipv6" if ":" in address else "ipv4", port)
+
+
 def _host_port(host: str, host_kind: HostKind, port: int | None) -> str:
     bracketed = f"[{host}]" if host_kind == "ipv6" else host
     return bracketed if port is None else f"{bracketed}:{port}"
