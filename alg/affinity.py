@@ -1,14 +1,16 @@
 """Call-ID affinity between the workers of a stateful proxy (`[proxy] workers`, alg.workers).
 
-The kernel gives each datagram to a random worker (SO_REUSEPORT, alg.workers), but a
-stateful proxy's state — server and client transactions, the dialogs they make — is in
+A stateful proxy's state — server and client transactions, the dialogs they make — is in
 one worker's memory. Every message of a call carries the call's Call-ID (RFC 3261 §8.1.1.4:
 the same in every request and response of the dialog, its retransmissions, its CANCEL
-and ACK), so the call is owned by worker `crc32(Call-ID) mod N`. A worker that receives a
-datagram owned by another hands it over on a unix datagram socket, with the side and the
-source it came from; the owner handles it as if it had read it itself, and answers from
-the shared port. A message without a readable Call-ID stays where it landed: the core
-answers it 400 (or drops it) without needing any state.
+and ACK), so the call is owned by worker `alg.call_hash.call_worker(Call-ID, N)`. The
+kernel delivers most datagrams to their owner in the first place (alg.call_steering); one
+it could not place (no Call-ID near the start, the owner restarting, or a kernel without
+the steering program, where datagrams are spread at random) may land on another worker,
+which hands it over on a unix socket, with the side and the source it came from; the
+owner handles it as if it had read it itself, and answers from the shared port. A message
+without a readable Call-ID stays where it landed: the core answers it 400 (or drops it)
+without needing any state.
 
 Hand-offs travel on unix stream connections, one from each worker to each other (opened
 at the first hand-off, again after a peer restarted), framed by a 4-byte length. Not unix
@@ -19,8 +21,8 @@ unconnected datagram socket and refuses the rest, so every burst lost calls (mea
 the processes and two proxies on one host never meet. A hand-off that cannot be sent
 (the owner is restarting, or `MAX_BACKLOG` bytes already wait for it) is dropped, as the
 network may drop any UDP datagram: the sender retransmits (§17.1.1.2). Cost: one header
-scan per datagram (Call-ID is in the first lines of every message) and, for N-1 of every
-N, one write and one read through the kernel.
+scan per datagram (Call-ID is in the first lines of every message) and, for each datagram
+handed over, one write and one read through the kernel.
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ import asyncio
 import logging
 import re
 import struct
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
+from alg.call_hash import call_worker
 from alg.proxy_model import SIDES, Endpoint, Side
 
 log = logging.getLogger("sipwall.alg.affinity")
 
 # RFC 3261 §7.3.3 compact form "i"; header names are case-insensitive (§7.3.1)
-_CALL_ID: Final = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+# The value ends at whitespace: a Call-ID is `word ["@" word]` (RFC 3261 §25.1), and the
+# kernel's scanner (alg.call_steering) stops there too.
+_CALL_ID: Final = re.compile(rb"\n(?:call-id|i)[ \t]*:[ \t]*([^ \t\r\n]*)", re.IGNORECASE)
 _HEADER: Final = struct.Struct("!BHB")  # side, source port, source host length
 _SIDE_CODES: Final = {side: code for code, side in enumerate(SIDES)}
 
@@ -50,13 +54,10 @@ def owner(data: bytes, workers: int) -> int | None:
     match = _CALL_ID.search(data, 0, end if end >= 0 else len(data))
     if match is None:
         return None
-    call_id = match.group(1).strip()
+    call_id = match.group(1)
     if not call_id:
         return None
-    # crc32 is linear: its low bits may follow a few characters of a UA's sequential
-    # Call-IDs. Multiplying by 2^32/phi (Knuth's multiplicative hashing) and keeping the
-    # high half mixes every bit into the ones `% workers` reads.
-    return (((zlib.crc32(call_id) * 0x9E3779B1) & 0xFFFFFFFF) >> 16) % workers
+    return call_worker(call_id, workers)
 
 
 def handoff_address(group: int, index: int) -> str:

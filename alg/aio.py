@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from alg.affinity import Affinity
+from alg.call_steering import GroupSteering, SteeringError
 from alg.cdr import Cdr
 from alg.config import AlgConfig
 from alg.connections import ConnectionTable
@@ -104,10 +105,16 @@ CONNECT_SECONDS = 5.0  # an outgoing TCP or TLS connection, handshake included
 TLS_HANDSHAKE_SECONDS = 5.0  # either way: a peer that stalls it holds nothing longer
 
 
-def _bound_udp_socket(host: str, port: int, workers: int = 1) -> socket.socket | None:
+def _bound_udp_socket(
+    host: str,
+    port: int,
+    workers: int = 1,
+    steering: tuple[GroupSteering, int] | None = None,
+) -> socket.socket | None:
     """A non-blocking UDP socket bound to a literal address (None for a name: asyncio
     then resolves and binds it, and reads one datagram per wake-up). With several
-    workers, one of a SO_REUSEPORT group that spreads datagrams at random (alg.workers)."""
+    workers, one of a SO_REUSEPORT group: worker `index` of the group's `steering`
+    (alg.call_steering), or one that spreads datagrams at random (alg.workers)."""
     try:
         ((family, kind, proto, _, address),) = socket.getaddrinfo(
             host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
@@ -120,7 +127,14 @@ def _bound_udp_socket(host: str, port: int, workers: int = 1) -> socket.socket |
         if workers > 1:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        if workers > 1:
+        if workers > 1 and steering is not None:
+            group, index = steering
+            try:
+                group.join(sock, index)
+            except SteeringError as exc:  # its datagrams are then handed over to it
+                log.warning("%s", exc)
+            group.close()  # the supervisor keeps the group; our socket holds the program
+        elif workers > 1:
             spread_at_random(sock, workers)
     except OSError:
         sock.close()
@@ -228,6 +242,7 @@ class AlgShell:
         agents: Mapping[str, AgentApi] | None = None,
         *,
         worker: tuple[int, int] | None = None,
+        steering: Mapping[Side, GroupSteering] | None = None,
     ) -> None:
         self.config = config
         self.core = core
@@ -240,6 +255,12 @@ class AlgShell:
             Affinity(*worker, config.workers, core.stats, self.deliver)
             if worker is not None and config.mode == "stateful"
             else None
+        )
+        # the Call-ID steering of each side's UDP group, with our index (alg.call_steering)
+        self.steering: dict[Side, tuple[GroupSteering, int]] = (
+            {side: (group, worker[1]) for side, group in (steering or {}).items()}
+            if worker is not None
+            else {}
         )
         self.udp: dict[Side, asyncio.DatagramTransport] = {}
         self.servers: list[asyncio.Server] = []
@@ -275,7 +296,7 @@ class AlgShell:
             side_config = getattr(self.config, side)
             address = (side_config.address, side_config.port)
             if "udp" in side_config.transports:
-                sock = _bound_udp_socket(*address, self.config.workers)
+                sock = _bound_udp_socket(*address, self.config.workers, self.steering.get(side))
                 if sock is None:
                     transport, _ = await self._loop.create_datagram_endpoint(
                         self._datagram_factory(side, None), local_addr=address

@@ -115,8 +115,8 @@ class AlgConfig:
     domains: tuple[str, ...] = ()
     inside_networks: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
     mode: str = "stateful"  # or "stateless"
-    # Stateless mode only: processes sharing the UDP ports (SO_REUSEPORT, datagrams spread
-    # at random by the kernel; alg.workers). See `check_workers` for what they need.
+    # Processes sharing the UDP ports (SO_REUSEPORT; alg.workers, and for a stateful proxy
+    # alg.call_steering and alg.affinity). See `check_workers` for what they need.
     workers: int = 1
     # TCP/TLS connections: how many, how many per source, closed after how long idle
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)

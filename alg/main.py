@@ -13,10 +13,12 @@ from pathlib import Path
 
 from alg.aio import AlgShell
 from alg.assemble import agent_clients, assemble
+from alg.call_steering import GroupSteering
 from alg.config import AlgConfig, ConfigError, load_config
 from alg.errors import AlgError
 from alg.logsetup import LogSettings, configure_logging
-from alg.workers import supervise, worker_config
+from alg.proxy_model import Side
+from alg.workers import parse_steering, supervise, worker_config
 from fcp.errors import FcpError
 from sipwall.heap import HeapPolicy
 
@@ -68,9 +70,11 @@ async def serve(
     *,
     worker: int | None = None,
     ready_fd: int | None = None,
+    steering: dict[Side, GroupSteering] | None = None,
 ) -> None:
     """Run the ALG until SIGTERM/SIGINT. `worker`: this is worker `worker` of a
-    supervisor (alg.workers), which learns of readiness from `ready_fd`."""
+    supervisor (alg.workers), which learns of readiness from `ready_fd` and steers
+    datagrams to workers with `steering` (alg.call_steering)."""
     config = load_config(config_path)
     if worker is not None:
         config = worker_config(config, worker)
@@ -94,6 +98,7 @@ async def serve(
         agents=clients,
         # the supervisor is our parent: its pid names our group's hand-off sockets
         worker=None if worker is None else (os.getppid(), worker),
+        steering=steering,
     )
     await shell.start()
     heap = services.heap = collector_policy()
@@ -170,6 +175,7 @@ def main(argv: list[str]) -> int:
     # set by the supervisor of [proxy] workers (alg.workers), not by hand
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steering", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -187,7 +193,10 @@ def main(argv: list[str]) -> int:
     if config.workers > 1 and args.worker is None:
         return supervise(args.config, config)
     try:
-        asyncio.run(serve(args.config, worker=args.worker, ready_fd=args.ready_fd))
+        steering = parse_steering(args.steering, config.workers)
+        asyncio.run(
+            serve(args.config, worker=args.worker, ready_fd=args.ready_fd, steering=steering)
+        )
     except OSError as exc:
         print(f"sipwall alg: cannot listen: {exc}", file=sys.stderr)
         return 1

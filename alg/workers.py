@@ -6,13 +6,16 @@ each worker can own the calls whose Call-ID hashes to it (alg.affinity). Each wo
 `sipwall alg --config X --worker I` and binds its UDP sockets with SO_REUSEPORT
 (socket(7)): the kernel then gives every datagram to one socket of the group. Its
 default choice hashes the 4-tuple, which would pin a trunk or a load generator (one
-address and port for all its calls) to one worker, so a worker attaches a classic BPF
-program to the group (SO_ATTACH_REUSEPORT_CBPF) that picks a socket at random: `ld rand;
-mod N; ret a` (an index past the sockets that exist, while a worker restarts, falls back
-to the hash). `alg.config.check_workers` refuses what would need state shared beyond a
-call (TCP connections, media, nonces, CDRs, an in-memory location service); per-source
-rate limits are divided among the workers, since each sees 1/N of every source's
-requests (or calls).
+address and port for all its calls) to one worker. A stateful proxy's supervisor
+therefore creates, per side, an eBPF program that delivers each datagram to the worker
+owning its Call-ID (alg.call_steering), and hands it to the workers, which join it. A
+stateless worker (or a stateful one on a kernel that refuses the program) attaches a
+classic BPF program to the group (SO_ATTACH_REUSEPORT_CBPF) that picks a socket at
+random: `ld rand; mod N; ret a` (an index past the sockets that exist, while a worker
+restarts, falls back to the hash). `alg.config.check_workers` refuses what would need
+state shared beyond a call (TCP connections, media, nonces, CDRs, an in-memory location
+service); per-source rate limits are divided among the workers, since each sees 1/N of
+every source's requests (or calls).
 
 The supervisor (`supervise`) is the process `sipwall alg` started: it starts the workers,
 prints the readiness line when each has said it is ready, writes the pid file, forwards
@@ -39,7 +42,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
+from alg.call_steering import GroupSteering, SteeringError
 from alg.config import AlgConfig
+from alg.proxy_model import SIDES, Side
 
 log = logging.getLogger("sipwall.alg.workers")
 
@@ -65,6 +70,47 @@ def spread_at_random(sock: socket.socket, workers: int) -> None:
     buffer = ctypes.create_string_buffer(program)
     fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buffer))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
+def steering_groups(config: AlgConfig) -> dict[Side, GroupSteering]:
+    """A stateful proxy's Call-ID steering program for each side's UDP group
+    (alg.call_steering); none for a stateless one, whose datagrams any worker may take.
+    A kernel that refuses leaves the workers on random spreading, and is named once."""
+    if config.mode != "stateful" or config.workers < 2:
+        return {}
+    groups: dict[Side, GroupSteering] = {}
+    for side in SIDES:
+        if "udp" not in getattr(config, side).transports:
+            continue
+        try:
+            groups[side] = GroupSteering.create(config.workers)
+        except SteeringError as exc:
+            log.warning("%s; datagrams are spread at random and handed over", exc)
+            for group in groups.values():
+                group.close()
+            return {}
+    return groups
+
+
+def steering_arguments(groups: dict[Side, GroupSteering]) -> list[str]:
+    """`--steering SIDE=MAP,PROGRAM` for each group (descriptors the worker inherits)."""
+    return [
+        argument
+        for side, group in groups.items()
+        for argument in ("--steering", f"{side}={group.map_fd},{group.program_fd}")
+    ]
+
+
+def parse_steering(values: list[str], workers: int) -> dict[Side, GroupSteering]:
+    """The worker's side of `steering_arguments`."""
+    groups: dict[Side, GroupSteering] = {}
+    for value in values:
+        side, _, fds = value.partition("=")
+        map_fd, _, program_fd = fds.partition(",")
+        if side not in SIDES:
+            raise ValueError(f"--steering: no side {side!r}")
+        groups[side] = GroupSteering(int(map_fd), int(program_fd), workers)
+    return groups
 
 
 def worker_config(config: AlgConfig, index: int) -> AlgConfig:
@@ -106,16 +152,20 @@ class Supervisor:
         self.config = config
         self.workers: dict[int, _Worker] = {}
         self.restarts: deque[float] = deque()
+        # created once, before the workers: a restarted worker joins the same groups
+        self.steering: dict[Side, GroupSteering] = {}
 
     def _start(self, index: int) -> _Worker:
         read, write = os.pipe()
         argv = [
             sys.executable, "-m", "sipwall", "alg", "--config", self.config_path,
             "--worker", str(index), "--ready-fd", str(write),
+            *steering_arguments(self.steering),
         ]  # fmt: skip
+        inherited = [fd for group in self.steering.values() for fd in group.descriptors()]
         process = subprocess.Popen(
             argv,
-            pass_fds=(write,),
+            pass_fds=(write, *inherited),
             stdin=subprocess.DEVNULL,
             # the signals the supervisor waits for synchronously are blocked in it; a
             # worker must get them the normal way
@@ -143,6 +193,14 @@ class Supervisor:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        self.steering = steering_groups(self.config)
+        try:
+            return self._run()
+        finally:
+            for group in self.steering.values():
+                group.close()
+
+    def _run(self) -> int:
         started = [self._start(i) for i in range(self.config.workers)]
         self.workers = {w.index: w for w in started}
         if not self._wait_ready(started):
@@ -151,7 +209,11 @@ class Supervisor:
         if self.config.pid_file:
             Path(self.config.pid_file).write_text(f"{os.getpid()}\n")
         pids = ", ".join(str(w.process.pid) for w in started)
-        log.info("sipwall alg: %d %s workers (pids %s)", len(started), self.config.mode, pids)
+        steered = f", steered by Call-ID on {', '.join(self.steering)}" if self.steering else ""
+        log.info(
+            "sipwall alg: %d %s workers (pids %s%s)",
+            len(started), self.config.mode, pids, steered,
+        )  # fmt: skip
         print("sipwall alg: ready", flush=True)  # readiness line for supervisors and labs
         try:
             return self._serve()

@@ -78,6 +78,7 @@ MODULES: tuple[str, ...] = (
     "alg/media/teardown.py",
     "alg/ratelimit.py",
     "alg/call_events.py",
+    "alg/call_hash.py",
 )
 
 PACKAGES = ("alg", "fcp", "filter_agent", "labs", "sipwall")

@@ -1,8 +1,10 @@
 """`[proxy] workers = 2` (alg.workers) in the namespace proxy lab: the kernel spreads one
 source's datagrams over both workers, SIGUSR1 reaches each, a killed worker is started
 again and the proxy keeps forwarding, SIGTERM stops every process; stateful workers keep
-every message of a call in the worker that owns it (alg.affinity), retransmissions
-included; a configuration that needs shared state is refused before anything starts.
+every message of a call in the worker that owns it, retransmissions included: the kernel
+delivers it there (alg.call_steering), and what it cannot place is handed over
+(alg.affinity); a configuration that needs shared state is refused before anything
+starts.
 
     uac (10.77.0.10, a probe) -- gw (10.77.0.1 | 203.0.113.1, sipwall) -- uas (a counter)
 """
@@ -19,24 +21,28 @@ from pathlib import Path
 
 import pytest
 
+from alg.call_steering import SCAN_BYTES
 from labs import proxy_lab
 from labs.netns import wait_until
 from labs.proxy_lab import GW_INSIDE, SIP_PORT, UAC_ADDR, UAS_ADDR, Proxy, ProxyLab
 
 pytestmark = pytest.mark.netns
 
-# argv: uac gw uas port first count. One socket, so one 4-tuple for every request: the
-# kernel's default reuseport hash would give them all to one worker.
+# argv: uac gw uas port first count padding. One socket, so one 4-tuple for every
+# request: the kernel's default reuseport hash would give them all to one worker. The
+# padding (a header of that many bytes before the Call-ID) can put the Call-ID beyond
+# what the kernel's steering program reads (alg.call_steering).
 PROBE = r"""
 import socket, sys
-uac, gw, uas, port, first, count = sys.argv[1:]
+uac, gw, uas, port, first, count, padding = sys.argv[1:]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((uac, 5070))
 for i in range(int(first), int(first) + int(count)):
     s.sendto((
         f"OPTIONS sip:service@{uas}:{port} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP {uac}:5070;branch=z9hG4bK-w{i}\r\n"
-        "Max-Forwards: 70\r\n"
+        + (f"X-Padding: {'p' * int(padding)}\r\n" if int(padding) else "")
+        + "Max-Forwards: 70\r\n"
         f"From: <sip:probe@{uac}>;tag=t{i}\r\n"
         f"To: <sip:service@{uas}>\r\n"
         f"Call-ID: w{i}@{uac}\r\n"
@@ -96,7 +102,7 @@ def in_ns(ns: str) -> list[str]:
     return ["ip", "netns", "exec", ns, sys.executable]
 
 
-def forward(pl: ProxyLab, first: int, count: int) -> int:
+def forward(pl: ProxyLab, first: int, count: int, padding: int = 0) -> int:
     """Send `count` OPTIONS from one source; how many reached the UAS."""
     counter = subprocess.Popen(
         [*in_ns(pl.uas), "-c", COUNTER, UAS_ADDR, str(SIP_PORT), str(count)],
@@ -107,7 +113,7 @@ def forward(pl: ProxyLab, first: int, count: int) -> int:
     try:
         assert counter.stdout.readline().strip() == "listening"
         where = [UAC_ADDR, GW_INSIDE, UAS_ADDR, str(SIP_PORT)]
-        probe = [*in_ns(pl.uac), "-c", PROBE, *where, str(first), str(count)]
+        probe = [*in_ns(pl.uac), "-c", PROBE, *where, str(first), str(count), str(padding)]
         subprocess.run(probe, check=True, timeout=30)
         return int(counter.stdout.readline())
     finally:
@@ -166,8 +172,10 @@ def test_two_workers_share_one_source_and_survive_a_killed_worker(lab: ProxyLab)
 def test_stateful_workers_keep_each_call_whole_under_loss(lab: ProxyLab) -> None:
     """sipp loses 5 % of what it sends and receives, so INVITEs, BYEs and responses are
     retransmitted; every message of a call must reach the worker holding its
-    transactions, whichever worker the kernel gave it to."""
+    transactions. The kernel delivers each to that worker itself (alg.call_steering), so
+    nothing is handed over between workers."""
     proxy = start(lab, "stateful")
+    assert "steered by Call-ID on inside, outside" in proxy.log.read_text()
     uas = proxy_lab.spawn_logged(
         lab.lab, lab.uas, proxy_lab.sipp_uas_argv(lab.workdir / "uas.csv"), lab.workdir / "uas"
     )
@@ -180,9 +188,24 @@ def test_stateful_workers_keep_each_call_whole_under_loss(lab: ProxyLab) -> None
     assert (stats.last("SuccessfulCall(C)"), stats.last("FailedCall(C)")) == (300, 0)
     assert stats.last("Retransmissions(C)") > 0  # the loss did cause retransmissions
     per_worker = counters(lab, proxy)
-    for mine in per_worker:  # both own calls, and both hand calls to the other
+    for mine in per_worker:  # both own calls, and the kernel placed every message
         assert mine.get("request.INVITE", 0) >= 60, per_worker
-        assert mine.get("affinity.handed_off", 0) > 0 and mine.get("affinity.taken_over", 0) > 0
+        assert mine.get("affinity.handed_off", 0) == 0, per_worker
+        assert mine.get("affinity.taken_over", 0) == 0, per_worker
+
+
+def test_what_the_kernel_cannot_place_is_handed_to_its_owner(lab: ProxyLab) -> None:
+    """Call-IDs past the bytes the steering program reads: the kernel falls back to its
+    4-tuple hash, which gives one source's requests to one worker; that worker hands the
+    other's calls over, and every request is forwarded once."""
+    proxy = start(lab, "stateful")
+    assert forward(lab, 0, 400, padding=SCAN_BYTES) == 400
+    per_worker = counters(lab, proxy)
+    options = [c.get("request.OPTIONS", 0) for c in per_worker]
+    assert sum(options) == 400 and min(options) >= 100, options  # owned by Call-ID
+    handed = [c.get("affinity.handed_off", 0) for c in per_worker]
+    taken = [c.get("affinity.taken_over", 0) for c in per_worker]
+    assert sum(handed) == sum(taken) >= 100, (handed, taken)
     assert sum(c.get("affinity.dropped", 0) for c in per_worker) == 0
 
 

@@ -4,13 +4,21 @@ each worker runs with (its counters file, no pid file, its share of the rate lim
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 
 import pytest
 
+from alg.call_steering import GroupSteering, SteeringError
 from alg.config import AlgConfig, ConfigError, parse_config
-from alg.workers import spread_at_random, worker_config
+from alg.workers import (
+    parse_steering,
+    spread_at_random,
+    steering_arguments,
+    steering_groups,
+    worker_config,
+)
 
 STATELESS = 'mode = "stateless"'
 BASE = """
@@ -112,3 +120,44 @@ def test_the_random_spread_program_is_accepted_by_the_kernel() -> None:
         spread_at_random(sock, 4)
     finally:
         sock.close()
+
+
+def test_stateful_workers_get_a_steering_group_per_side_and_stateless_none() -> None:
+    groups = steering_groups(parse('mode = "stateful"'))
+    try:
+        assert set(groups) == {"inside", "outside"}
+        assert all(group.workers == 3 for group in groups.values())
+        # what the worker is told, read back: the same descriptors per side
+        arguments = steering_arguments(groups)
+        told = parse_steering(arguments[1::2], 3)
+        assert {side: g.descriptors() for side, g in told.items()} == {
+            side: g.descriptors() for side, g in groups.items()
+        }
+    finally:
+        for group in groups.values():
+            group.close()
+    assert steering_groups(parse()) == {}
+
+
+def test_a_kernel_refusing_the_program_leaves_random_spreading(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    created: list[GroupSteering] = []
+    real_create = GroupSteering.create
+
+    def refuse_the_second(workers: int) -> GroupSteering:
+        if created:
+            raise SteeringError("the kernel refused the steering program: EPERM")
+        created.append(real_create(workers))
+        return created[-1]
+
+    monkeypatch.setattr(GroupSteering, "create", staticmethod(refuse_the_second))
+    assert steering_groups(parse('mode = "stateful"')) == {}
+    assert "spread at random" in caplog.text
+    with pytest.raises(OSError):  # the first side's group was closed, not leaked
+        os.fstat(created[0].map_fd)
+
+
+def test_a_bad_steering_argument_is_refused() -> None:
+    with pytest.raises(ValueError, match="no side"):
+        parse_steering(["middle=3,4"], 2)
