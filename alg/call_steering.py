@@ -52,6 +52,7 @@ SO_ATTACH_REUSEPORT_EBPF: Final = 52  # asm-generic/socket.h
 
 # bpf(2) commands, map and program types (linux/bpf.h)
 _MAP_CREATE, _MAP_UPDATE_ELEM, _MAP_LOOKUP_ELEM, _PROG_LOAD = 0, 2, 1, 5
+_OBJ_GET_INFO_BY_FD, _ENABLE_STATS, _STATS_RUN_TIME = 15, 32, 0
 _MAP_TYPE_REUSEPORT_SOCKARRAY: Final = 20
 _PROG_TYPE_SK_REUSEPORT: Final = 21
 _FUNC_SK_SELECT_REUSEPORT: Final = 82
@@ -373,3 +374,24 @@ class GroupSteering:
                 os.close(fd)
             except OSError:
                 pass
+
+
+# --- the program's cost (bench/call_steering.py) ---------------------------------------
+
+# struct bpf_prog_info (linux/bpf.h): run_time_ns and run_cnt, counted while statistics
+# are enabled
+_INFO_SIZE, _RUN_TIME_AT = 208, 192
+
+
+def counting_runs() -> int:
+    """A descriptor that makes the kernel count every BPF program's runs and run time
+    until it is closed (BPF_ENABLE_STATS: no sysctl is changed)."""
+    return _bpf(_ENABLE_STATS, struct.pack("<I", _STATS_RUN_TIME))
+
+
+def runs(program_fd: int) -> tuple[int, int]:
+    """(runs, nanoseconds spent) of a program, as counted since `counting_runs`."""
+    info = ctypes.create_string_buffer(_INFO_SIZE)
+    _bpf(_OBJ_GET_INFO_BY_FD, struct.pack("<IIQ", program_fd, _INFO_SIZE, ctypes.addressof(info)))
+    run_time_ns, run_count = struct.unpack_from("<QQ", info.raw, _RUN_TIME_AT)
+    return run_count, run_time_ns
