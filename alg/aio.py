@@ -548,7 +548,7 @@ class AlgShell:
             self._undelivered(send)
             return
         self._connecting[key] = [send]
-        task = self._loop.create_task(self._connect_and_send(key))
+        task = self._loop.create_task(self._connect_and_send(key, target.name))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -562,16 +562,19 @@ class AlgShell:
         self._dispatch(sends)
         self._after_core()
 
-    async def _connect_and_send(self, key: tuple[Side, str, str, int]) -> None:
-        """Open the connection to `key`'s peer, then send what waits for it, in order."""
+    async def _connect_and_send(
+        self, key: tuple[Side, str, str, int], name: str | None = None
+    ) -> None:
+        """Open the connection to `key`'s peer, then send what waits for it, in order.
+        Over TLS the server must prove `name`, the SIP domain its address was resolved
+        from (RFC 5922 §4; also sent as SNI), or else the address we were given."""
         side, transport, host, port = key
         tls: dict[str, Any] = {}
         if transport == "TLS":
             client = self.tls[side].client
             tls = {
                 "ssl": client,
-                # the address is what we can check: see alg.tls
-                "server_hostname": host if client.check_hostname else None,
+                "server_hostname": (name or host) if client.check_hostname else None,
                 "ssl_handshake_timeout": TLS_HANDSHAKE_SECONDS,
             }
         try:

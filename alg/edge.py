@@ -245,5 +245,6 @@ class EdgeRouter:
         transport = (target.transport or "udp").upper()
         port = target.port or (5061 if transport == "TLS" else 5060)
         host = target.next_hop.strip("[]")
-        endpoint = Endpoint(self.proxy.side_of(host), transport, host, port)
+        side = self.proxy.side_of(host)
+        endpoint = Endpoint(side, transport, host, port, name=target.server_name)
         return Target(endpoint, target.uri, target.path)

@@ -23,13 +23,17 @@ SIDES: tuple[Side, Side] = ("inside", "outside")
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A peer address on a side. `connection` names the stream connection a message
-    arrived on (TCP/TLS), so responses go back on it (RFC 3261 §18.2.2)."""
+    arrived on (TCP/TLS), so responses go back on it (RFC 3261 §18.2.2). `name` is the SIP
+    domain the address was resolved from (RFC 3263), the identity a TLS server must prove
+    (RFC 5922 §4: the domain of the URI, not a name DNS answered with); None for an
+    address we were given. It names the peer, not where it is: equality ignores it."""
 
     side: Side
     transport: str  # "UDP", "TCP", "TLS"
     host: str
     port: int
     connection: int | None = None
+    name: str | None = field(default=None, compare=False)
 
     @property
     def reliable(self) -> bool:

@@ -322,6 +322,8 @@ class Target:
     transport: str | None
     source: Source
     path: tuple[str, ...] = ()  # RFC 3327: becomes the Route header set of the branch
+    # the SIP domain a resolved target was found for: what its TLS certificate must name
+    server_name: str | None = None
 
     @property
     def needs_resolution(self) -> bool:
@@ -511,6 +513,10 @@ def expand_dns(target: Target, resolved: Sequence[ResolvedTarget]) -> Decision:
         return Reject(503, "Service Unavailable")
     return RouteDecision(
         tuple(
-            Target(target.uri, r.address, r.port, r.transport, "dns", target.path) for r in resolved
+            # RFC 5922 §4: a TLS server proves the domain that was resolved (the URI's
+            # host, or its maddr), not the host names DNS answered with, which an
+            # attacker on the path could choose
+            Target(target.uri, r.address, r.port, r.transport, "dns", target.path, target.next_hop)
+            for r in resolved
         )
     )

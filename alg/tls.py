@@ -9,10 +9,11 @@ and connects out over TLS to every next hop whose URI says so.
   whom to trust, and required only with `require_client_cert` (a trunk peer that must
   prove who it is, RFC 5922 §7.2 leaves this to policy).
 * As a client we verify the server's chain against `ca` (or the system's CAs) and its
-  certificate against the address we connect to (RFC 5922 §7.1 wants the SIP domain;
-  the shell knows only the resolved address by then, so peers need an IP address in their
-  subjectAltName, as trunk peers configured by address usually have). We present `cert`
-  too, for servers that ask for mutual TLS. `verify = false` turns the check off for
+  certificate against the SIP domain its address was resolved from (RFC 5922 §4 and
+  §7.1: the URI's domain, sent as SNI too, never a host name the DNS answered with), or,
+  for a next hop configured by address, against that address (such trunk peers carry an
+  IP address in their subjectAltName). We present `cert` too, for servers that ask for
+  mutual TLS. `verify = false` turns the check off for
   peers with self-signed certificates; the shell says so loudly in its log.
 * TLS 1.2 is the floor (RFC 8996 retires 1.0 and 1.1; BCP 195, RFC 9325 §3.1.1).
 """

@@ -215,6 +215,33 @@ def test_other_domain_is_parked_for_dns_then_forwarded_to_what_rfc3263_found(
     assert str(sent_to(out, server)[0].request_uri) == "sip:carol@provider.example"
 
 
+def test_a_resolved_next_hop_carries_the_domain_its_tls_server_must_prove(
+    tmp_path: Path,
+) -> None:
+    """RFC 5922 §4: the identity is the URI's domain, not the SRV target DNS answered."""
+    from alg.dns_resolver import ResolvedTarget
+
+    alg = services(tmp_path, auth=False, extra=DNS_ON)
+    uri = "sip:carol@provider.example;transport=tls"
+    alg.core.receive(invite(uri, "z9hG4bKn1"), ALICE, 0.0)
+    assert alg.core.take_lookups() == [uri]
+    found = [ResolvedTarget("198.51.100.40", 5061, "tls", "sip1.provider.example")]
+    alg.edge.remember_resolution(uri, found, now=0.1)
+    out = alg.core.resume_lookup(uri, 0.1)
+    (forwarded,) = [s for s in out if s.to.side == "outside"]
+    assert forwarded.to == Endpoint("outside", "TLS", "198.51.100.40", 5061)
+    assert forwarded.to.name == "provider.example"
+    # a name does not make another peer: equality and hashing ignore it
+    assert hash(forwarded.to) == hash(Endpoint("outside", "TLS", "198.51.100.40", 5061))
+
+
+def test_a_next_hop_given_by_address_has_no_name(tmp_path: Path) -> None:
+    alg = services(tmp_path, auth=False)
+    out = alg.core.receive(invite("sip:carol@192.0.2.50;transport=tls", "z9hG4bKn2"), ALICE, 0.0)
+    (forwarded,) = [s for s in out if s.to.side == "outside"]
+    assert (forwarded.to.host, forwarded.to.name) == ("192.0.2.50", None)
+
+
 def test_dns_finding_nothing_answers_503(tmp_path: Path) -> None:
     alg = services(tmp_path, auth=False, extra=DNS_ON)
     core = alg.core
