@@ -23,7 +23,7 @@ from alg.cdr import CallRecorder, Cdr, CdrWriter
 from alg.config import AlgConfig, ConfigError
 from alg.dns_resolver import AsyncDnsResolver, ResolvedTarget
 from alg.edge import EdgeRouter, LocationLookup
-from alg.errors import AlgError
+from alg.errors import AlgError, RouteTableError
 from alg.hop_health import HopHealth
 from alg.location import LocationStore, OnCoreClock, SqliteLocationStore
 from alg.media.agents import AgentConfig, AgentPool
@@ -36,7 +36,7 @@ from alg.proxy import ProxyCore
 from alg.ratelimit import Rate, RateLimitConfig, RateLimiter
 from alg.registrar import Registrar, RegistrarPolicy
 from alg.relayed import RelayedRegistrations, SqliteRelayedJournal
-from alg.sip import SipUri, parse_uri
+from alg.sip import SipUri, is_ip_literal, parse_uri
 from alg.subscribers import SqliteSubscriberStore
 from fcp.client import ClientTls, FcpClient
 from sipwall.heap import HeapPolicy
@@ -149,6 +149,12 @@ def _routing_table(config: AlgConfig) -> routing.RoutingTable:
     )
     if config.upstream and not table.default:
         table = replace(table, default=(routing.NextHop.parse(config.upstream),))
+    named = sorted(host for host, _ in table.hops() if not is_ip_literal(host))
+    if named and config.dns_resolver == "off":
+        # else every call routed there would get a 503 with no other word of why
+        raise RouteTableError(
+            f'next hop {named[0]!r} is a name: resolving it needs [dns] resolver = "system"'
+        )
     return table
 
 

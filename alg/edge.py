@@ -215,20 +215,22 @@ class EdgeRouter:
     def _expand_dns(
         self, decided: routing.RouteDecision, now: float
     ) -> routing.RouteDecision | Answer | Resolve:
-        """Replace targets that need DNS by what RFC 3263 resolution found (cached), or
-        ask for the lookup."""
-        if not any(t.needs_resolution and not is_ip_literal(t.next_hop) for t in decided.targets):
+        """Replace targets whose next hop is a name by what RFC 3263 resolution found
+        (cached), or ask for the lookup: a Request-URI of another domain, and a next hop
+        of the route table, the default upstream or a contact given by name."""
+        if all(is_ip_literal(t.next_hop) for t in decided.targets):
             return decided
         expanded: list[routing.Target] = []
         for target in decided.targets:
-            if not target.needs_resolution or is_ip_literal(target.next_hop):
+            if is_ip_literal(target.next_hop):
                 expanded.append(target)
                 continue
-            cached = self._resolved.get(target.uri)
+            key = lookup_key(target)
+            cached = self._resolved.get(key)
             if cached is None or cached[0] <= now:
                 if not self.dns:
                     continue  # resolution disabled: this target cannot be reached
-                return Resolve(target.uri)
+                return Resolve(key)
             found = routing.expand_dns(target, cached[1])
             if isinstance(found, routing.Reject):
                 continue
@@ -238,8 +240,8 @@ class EdgeRouter:
         return routing.RouteDecision(tuple(expanded), decided.parallel)
 
     def _target(self, target: routing.Target) -> Target | None:
-        """A routing target as the core's; names that need DNS are skipped here (the
-        lab and our configs use addresses; RFC 3263 resolution belongs to the shell)."""
+        """A routing target as the core's. A name is left only where resolution is off
+        or found nothing (`_expand_dns`): such a target is skipped."""
         if not is_ip_literal(target.next_hop):
             return None
         transport = (target.transport or "udp").upper()
@@ -248,3 +250,15 @@ class EdgeRouter:
         side = self.proxy.side_of(host)
         endpoint = Endpoint(side, transport, host, port, name=target.server_name)
         return Target(endpoint, target.uri, target.path)
+
+
+def lookup_key(target: routing.Target) -> str:
+    """What to resolve for a target whose next hop is a name: the Request-URI itself for
+    a domain of someone else's (RFC 3263 §4: its transport, port and SRV records), or a
+    URI of the configured hop, with the port and transport it was given (§4.2: a port
+    means its A/AAAA records)."""
+    if target.needs_resolution:
+        return target.uri
+    port = f":{target.port}" if target.port is not None else ""
+    transport = f";transport={target.transport}" if target.transport else ""
+    return f"sip:{target.next_hop}{port}{transport}"

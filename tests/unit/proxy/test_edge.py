@@ -34,13 +34,15 @@ next_hops = [
 """
 
 
-def services(tmp_path: Path, *, auth: bool = True, extra: str = "") -> AlgServices:
+def services(
+    tmp_path: Path, *, auth: bool = True, extra: str = "", routes_text: str = ROUTES
+) -> AlgServices:
     subscribers = tmp_path / "subscribers.db"
     store = SqliteSubscriberStore(subscribers)
     store.add(Subscriber.with_password("alice", "example.com", "secret", realm="example.com"))
     store.close()
     routes = tmp_path / "routes.toml"
-    routes.write_text(ROUTES)
+    routes.write_text(routes_text)
     text = f"""
 [inside]
 address = "10.77.0.1"
@@ -240,6 +242,36 @@ def test_a_next_hop_given_by_address_has_no_name(tmp_path: Path) -> None:
     out = alg.core.receive(invite("sip:carol@192.0.2.50;transport=tls", "z9hG4bKn2"), ALICE, 0.0)
     (forwarded,) = [s for s in out if s.to.side == "outside"]
     assert (forwarded.to.host, forwarded.to.name) == ("192.0.2.50", None)
+
+
+NAMED_UPSTREAM = ROUTES + '[default]\nnext_hops = ["gw.carrier.test;transport=tls"]\n'
+
+
+def test_a_next_hop_given_by_name_is_resolved_and_proves_that_name(tmp_path: Path) -> None:
+    from alg.dns_resolver import ResolvedTarget
+
+    alg = services(tmp_path, auth=False, extra=DNS_ON, routes_text=NAMED_UPSTREAM)
+    alg.core.receive(invite("sip:carol@elsewhere.example", "z9hG4bKn3"), ALICE, 0.0)
+    key = "sip:gw.carrier.test:5061;transport=tls"  # the hop, with its port: A/AAAA
+    assert alg.core.take_lookups() == [key]
+    found = [
+        ResolvedTarget("198.51.100.60", 5061, "tls", "gw.carrier.test"),
+        ResolvedTarget("198.51.100.61", 5061, "tls", "gw.carrier.test"),
+    ]
+    alg.edge.remember_resolution(key, found, now=0.1)
+    out = alg.core.resume_lookup(key, 0.1)
+    (forwarded,) = [s for s in out if s.to.side == "outside"]  # serial: the first address
+    assert forwarded.to == Endpoint("outside", "TLS", "198.51.100.60", 5061)
+    assert forwarded.to.name == "gw.carrier.test"
+    request = parse_message(forwarded.data)
+    assert str(request.request_uri) == "sip:carol@elsewhere.example"  # the URI stays
+
+
+def test_a_next_hop_given_by_name_without_dns_is_refused_at_start(tmp_path: Path) -> None:
+    from alg.errors import RouteTableError
+
+    with pytest.raises(RouteTableError, match=r"'gw.carrier.test' is a name.*resolver"):
+        services(tmp_path, auth=False, routes_text=NAMED_UPSTREAM)
 
 
 def test_dns_finding_nothing_answers_503(tmp_path: Path) -> None:
