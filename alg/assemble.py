@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import dns.asyncresolver
 from dns.exception import DNSException
 
 from alg import routing
@@ -283,4 +284,22 @@ def assemble(config: AlgConfig) -> AlgServices:
         hops=hops,
     )
     writer = CdrWriter(config.cdr_file) if config.cdr_file else None
-    return AlgServices(config, core, edge, location, subscribers, writer, journal)
+    return AlgServices(
+        config,
+        core,
+        edge,
+        location,
+        subscribers,
+        writer,
+        journal,
+        resolver=dns_resolver(config.dns_nameservers),
+    )
+
+
+def dns_resolver(nameservers: Sequence[str]) -> AsyncDnsResolver:
+    """RFC 3263 over the given DNS servers, or those of the host's /etc/resolv.conf."""
+    if not nameservers:
+        return AsyncDnsResolver()
+    configured = dns.asyncresolver.Resolver(configure=False)
+    configured.nameservers = list(nameservers)
+    return AsyncDnsResolver(configured)

@@ -16,7 +16,7 @@ from typing import Any
 from alg.connections import ConnectionLimits
 from alg.errors import AlgError
 from alg.proxy_model import SIDES, Interface, ProxyConfig, Side
-from alg.sip import DEFAULT_MAX_SIZE
+from alg.sip import DEFAULT_MAX_SIZE, is_ip_literal
 from alg.tls import TlsSettings, TlsSetupError, contexts
 from alg.transactions import TimerSettings
 
@@ -140,6 +140,8 @@ class AlgConfig:
     # RFC 3263 lookups for other domains: "system" uses the host's resolver. Off by
     # default so that a lab or test run never queries a server outside the lab.
     dns_resolver: str = "off"
+    # the DNS servers to ask, by address (port 53); empty: the host's /etc/resolv.conf
+    dns_nameservers: tuple[str, ...] = ()
     media: MediaSettings = field(default_factory=MediaSettings)
     syslog: str | None = None  # "host[:port]" of an RFC 5424 collector (UDP)
     syslog_facility: str = "local0"
@@ -298,10 +300,17 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("[auth].algorithms must be a non-empty list of 'SHA-256', 'MD5'")
     limits = _section(data, "ratelimit", {"enabled", "invite", "register", "other"})
     files = _section(data, "files", {"routes", "cdr", "pid", "stats"})
-    dns = _section(data, "dns", {"resolver"})
+    dns = _section(data, "dns", {"resolver", "nameservers"})
     resolver = str(dns.get("resolver", "off"))
     if resolver not in ("off", "system"):
         raise ConfigError("[dns].resolver must be 'off' or 'system'")
+    nameservers = dns.get("nameservers", [])
+    if not isinstance(nameservers, list) or not all(
+        isinstance(n, str) and is_ip_literal(n) for n in nameservers
+    ):
+        raise ConfigError("[dns].nameservers must be a list of IP addresses")
+    if nameservers and resolver == "off":
+        raise ConfigError('[dns].nameservers needs resolver = "system"')
     minimum = _int_option(registrar, "registrar", "min_expires", 60)
     maximum = _int_option(registrar, "registrar", "max_expires", 3600)
     default = _int_option(registrar, "registrar", "default_expires", 3600)
@@ -335,6 +344,7 @@ def _services(data: Mapping[str, Any]) -> dict[str, Any]:
         "pid_file": files.get("pid"),
         "stats_file": files.get("stats"),
         "dns_resolver": resolver,
+        "dns_nameservers": tuple(nameservers),
         "media": _media(data),
     }
 

@@ -84,11 +84,12 @@ def write_gateway_configs(
     alg_state: Path | None = None,
     outside_tls: tuple[Path, Path, Path] | None = None,
     inside_tls: tuple[Path, Path, Path] | None = None,
+    nameservers: Sequence[str] = (),
 ) -> None:
     """agent.toml and alg.toml of the `basic` gateway (one agent, FCP on 127.0.0.1);
     `alg_state`: the ALG keeps its registrations and media secret there (restartable);
     `outside_tls`, `inside_tls`: SIP over TLS on that side with these certificate, key
-    and CA."""
+    and CA; `nameservers`: the lab DNS servers the ALG resolves names with."""
     agent = AgentFiles(f"127.0.0.1:{FCP_PORT}", GW_OUTSIDE, pki)
     (work / "agent.toml").write_text(agent_toml(agent))
     entry = AgentEntry("gw1", f"127.0.0.1:{FCP_PORT}", pki)
@@ -103,6 +104,7 @@ def write_gateway_configs(
         state_dir=state,
         outside_tls=outside_tls,
         inside_tls=inside_tls,
+        nameservers=nameservers,
     )
     (work / "alg.toml").write_text(alg_toml(alg))
 

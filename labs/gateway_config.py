@@ -79,6 +79,8 @@ class AlgFiles:
     # SIP over TLS on the outside / inside: (certificate, key, CA) PEM files; None: UDP
     outside_tls: tuple[Path, Path, Path] | None = None
     inside_tls: tuple[Path, Path, Path] | None = None
+    # DNS servers in the lab (labs/dns_server.py) for next hops given by name; () : no DNS
+    nameservers: Sequence[str] = ()
 
 
 SECRET_FILE = "media.secret"
@@ -119,6 +121,11 @@ def alg_toml(alg: AlgFiles) -> str:
         ]
         agents.append("\n".join(lines))
     files = f'[files]\nstats = "{alg.stats}"\n' if alg.stats is not None else ""
+    dns = ""
+    if alg.nameservers:
+        servers = ", ".join(f'"{n}"' for n in alg.nameservers)
+        dns = f'[dns]\nresolver = "system"\nnameservers = [{servers}]\n'
+
     database, secret = ":memory:", ""
     if alg.state_dir is not None:
         database = str(alg.state_dir / "registrar.db")
@@ -130,5 +137,5 @@ def alg_toml(alg: AlgFiles) -> str:
         "[proxy]\n" + "\n".join(proxy) + "\n"
         f'[registrar]\nenabled = true\ndatabase = "{database}"\n'
         f"[media]\nenabled = true\n{secret}" + "\n".join(agents) + "\n"
-        f'{files}[log]\nlevel = "{alg.log_level}"\n'
+        f'{files}{dns}[log]\nlevel = "{alg.log_level}"\n'
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from labs.kamailio_tls import kamailio_tls_cfg
 from labs.netns import poll_until
 
 SCENARIO = "provider"
+REPO = Path(__file__).resolve().parents[1]
 PROVIDER_CFG = Path(__file__).resolve().parent / "kamailio" / "provider.cfg"
 PROVIDER = "198.51.100.10"
 DOMAIN = "provider.example"
@@ -68,13 +70,16 @@ class Registered:
 class ProviderLab:
     """`tls`: SIP over TLS instead of UDP between alice and sipwall's inside and between
     sipwall's outside and the provider (5061 everywhere; every client checks the server's
-    certificate against the lab CA). carol stays on UDP."""
+    certificate against the lab CA). sipwall then reaches the trunk by name:
+    `provider.example`, resolved with the provider's DNS server, and proven by the
+    provider's certificate, which names only that domain. carol stays on UDP."""
 
     lab: build.RunningLab
     work: Path
     tls: bool = False
     _demo: Demo | None = None
     _kamailio: subprocess.Popen[bytes] | None = None
+    _dns: subprocess.Popen[bytes] | None = None
     phones: dict[str, Phone] = field(default_factory=dict)
 
     # -- daemons ------------------------------------------------------------------------
@@ -87,15 +92,20 @@ class ProviderLab:
         write_lab_pki(pki, lab_pki)
         sip_tls = None
         upstream = f"{PROVIDER}:5060"
+        nameservers: tuple[str, ...] = ()
         if self.tls:
             # SIP certificates from the same lab CA: sipwall's for both its addresses
             # (alice connects to the inside one, the provider to the outside one to reach
             # alice), the provider's for its own
             gw = issue_sip(lab_pki.ca, [GW_OUTSIDE, GW_INSIDE])
             cert, key = write_pair(pki, "sip-gw", gw)
-            write_pair(pki, "sip-provider", issue_sip(lab_pki.ca, [PROVIDER]))
+            # the provider's names only its domain: sipwall finds the trunk by that name
+            # (the lab's DNS server) and checks the certificate against it (RFC 5922)
+            write_pair(pki, "sip-provider", issue_sip(lab_pki.ca, [DOMAIN]))
             sip_tls = (cert, key, pki / "ca.pem")
-            upstream = f"{PROVIDER}:5061;transport=tls"
+            upstream = f"{DOMAIN}:5061;transport=tls"
+            nameservers = (PROVIDER,)
+            self.start_dns()
         self.start_kamailio(pki)
         write_gateway_configs(
             self.work,
@@ -104,6 +114,7 @@ class ProviderLab:
             alg_state=self.work / "alg-state",
             outside_tls=sip_tls,
             inside_tls=sip_tls,
+            nameservers=nameservers,
         )
         # the demo's process handling: started through the lab, waited for, stopped
         self._demo = Demo(
@@ -116,6 +127,30 @@ class ProviderLab:
         relayed upstream, the media secret of its tokens) is in `work/alg-state`."""
         assert self._demo is not None
         self._demo.restart_alg()
+
+    def start_dns(self) -> None:
+        """The provider's DNS server (labs/dns_server.py) at its address: the A record
+        of its domain, so that sipwall can reach the trunk by name."""
+        argv = [sys.executable, "-m", "labs.dns_server", "--listen", PROVIDER]
+        argv += ["--record", f"{DOMAIN}={PROVIDER}"]
+        proc = self.lab.spawn("provider", argv, name="dns", cwd=REPO)
+        self._dns = proc
+        log = self.lab.log_path("provider", "dns")
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise ProviderLabError(f"dns server exited ({proc.returncode})")
+            return log.exists() and "listening" in log.read_text()
+
+        wait_for(f"dns server on {PROVIDER}:53", 10, listening)
+
+    def dns_queries(self) -> list[str]:
+        """What the DNS server was asked, as "name TYPE"."""
+        log = self.lab.log_path("provider", "dns")
+        text = log.read_text() if log.exists() else ""
+        return [
+            line.removeprefix("query ") for line in text.splitlines() if line.startswith("query ")
+        ]
 
     def start_kamailio(self, pki: Path) -> None:
         rundir = self.work / "kamailio"
@@ -161,6 +196,9 @@ class ProviderLab:
         if self._kamailio is not None:
             self.lab.stop(self._kamailio)
             self._kamailio = None
+        if self._dns is not None:
+            self.lab.stop(self._dns)
+            self._dns = None
 
     # -- what the provider and the agent hold -----------------------------------------------
 

@@ -15,7 +15,7 @@ from proxy_harness import ALICE, BOB, sent_to
 from alg.assemble import AlgServices, assemble
 from alg.auth import Algorithm, compute_ha1, compute_response
 from alg.builders import build_response
-from alg.config import parse_config
+from alg.config import ConfigError, parse_config
 from alg.proxy_model import Endpoint
 from alg.sip import SipMessage, parse_message
 from alg.subscribers import SqliteSubscriberStore, Subscriber
@@ -379,3 +379,31 @@ def test_options_addressed_to_us_is_answered_200(
     if status == 200:
         assert "OPTIONS" in (answer.header("allow") or "")
         assert answer.header("accept") == "application/sdp"
+
+
+@pytest.mark.parametrize(
+    ("dns", "complaint"),
+    [
+        ('resolver = "system"\nnameservers = ["ns.example"]', "list of IP addresses"),
+        ('resolver = "system"\nnameservers = "192.0.2.53"', "list of IP addresses"),
+        ('nameservers = ["192.0.2.53"]', 'needs resolver = "system"'),
+        ('resolver = "system"\nservers = ["192.0.2.53"]', "servers"),
+    ],
+)
+def test_bad_dns_settings_are_named(dns: str, complaint: str) -> None:
+    text = f'[inside]\naddress = "10.77.0.1"\n[outside]\naddress = "203.0.113.1"\n[dns]\n{dns}\n'
+    with pytest.raises(ConfigError, match=re.escape(complaint)):
+        parse_config(tomllib.loads(text))
+
+
+def test_configured_nameservers_are_the_ones_asked() -> None:
+    from alg.assemble import dns_resolver
+
+    text = (
+        '[inside]\naddress = "10.77.0.1"\n[outside]\naddress = "203.0.113.1"\n'
+        '[dns]\nresolver = "system"\nnameservers = ["192.0.2.53", "2001:db8::53"]\n'
+    )
+    config = parse_config(tomllib.loads(text))
+    assert config.dns_nameservers == ("192.0.2.53", "2001:db8::53")
+    resolver = dns_resolver(config.dns_nameservers)
+    assert resolver._resolver.nameservers == ["192.0.2.53", "2001:db8::53"]  # type: ignore[attr-defined]
