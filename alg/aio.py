@@ -106,15 +106,13 @@ TLS_HANDSHAKE_SECONDS = 5.0  # either way: a peer that stalls it holds nothing l
 
 
 def _bound_udp_socket(
-    host: str,
-    port: int,
-    workers: int = 1,
-    steering: tuple[GroupSteering, int] | None = None,
+    host: str, port: int, workers: int = 1, *, spread: bool = True
 ) -> socket.socket | None:
     """A non-blocking UDP socket bound to a literal address (None for a name: asyncio
     then resolves and binds it, and reads one datagram per wake-up). With several
-    workers, one of a SO_REUSEPORT group: worker `index` of the group's `steering`
-    (alg.call_steering), or one that spreads datagrams at random (alg.workers)."""
+    workers, one of a SO_REUSEPORT group, which spreads datagrams at random unless told
+    not to (`spread`: a stateful worker's socket joins its Call-ID steering instead,
+    alg.call_steering)."""
     try:
         ((family, kind, proto, _, address),) = socket.getaddrinfo(
             host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST | socket.AI_PASSIVE
@@ -127,14 +125,7 @@ def _bound_udp_socket(
         if workers > 1:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        if workers > 1 and steering is not None:
-            group, index = steering
-            try:
-                group.join(sock, index)
-            except SteeringError as exc:  # its datagrams are then handed over to it
-                log.warning("%s", exc)
-            group.close()  # the supervisor keeps the group; our socket holds the program
-        elif workers > 1:
+        if workers > 1 and spread:
             spread_at_random(sock, workers)
     except OSError:
         sock.close()
@@ -296,7 +287,10 @@ class AlgShell:
             side_config = getattr(self.config, side)
             address = (side_config.address, side_config.port)
             if "udp" in side_config.transports:
-                sock = _bound_udp_socket(*address, self.config.workers, self.steering.get(side))
+                steering = self.steering.get(side)
+                sock = _bound_udp_socket(*address, self.config.workers, spread=steering is None)
+                if sock is not None and steering is not None:
+                    self._join_steering(sock, *steering)
                 if sock is None:
                     transport, _ = await self._loop.create_datagram_endpoint(
                         self._datagram_factory(side, None), local_addr=address
@@ -389,6 +383,16 @@ class AlgShell:
             return
         self._dispatch(sends)
         self._after_core()
+
+    def _join_steering(self, sock: socket.socket, group: GroupSteering, index: int) -> None:
+        """Our socket into slot `index` of its side's steering group; the count of sides
+        steered is in the stats (0 on a kernel that refused: calls are handed over)."""
+        try:
+            group.join(sock, index)
+            self.core.stats["affinity.steered_sides"] += 1
+        except SteeringError as exc:
+            log.warning("%s", exc)
+        group.close()  # the supervisor keeps the group; our socket holds the program
 
     def _datagram_factory(self, side: Side, sock: socket.socket | None) -> Callable[[], _Datagrams]:
         deliver = self.deliver if self.affinity is None else self.affinity.route

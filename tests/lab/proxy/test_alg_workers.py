@@ -194,6 +194,30 @@ def test_stateful_workers_keep_each_call_whole_under_loss(lab: ProxyLab) -> None
         assert mine.get("affinity.taken_over", 0) == 0, per_worker
 
 
+@pytest.mark.peers
+def test_a_restarted_stateful_worker_gets_its_calls_from_the_kernel_again(lab: ProxyLab) -> None:
+    """The supervisor keeps the steering groups: the worker started again joins its
+    slot, so every message still reaches its owner without a hand-off."""
+    proxy = start(lab, "stateful")
+    os.kill(workers_of(proxy)[0], signal.SIGKILL)
+    wait_until(lambda: "worker 0 is back" in proxy.log.read_text(), timeout=30, what="restart")
+    uas = proxy_lab.spawn_logged(
+        lab.lab, lab.uas, proxy_lab.sipp_uas_argv(lab.workdir / "uas.csv"), lab.workdir / "uas"
+    )
+    stat = lab.workdir / "uac.csv"
+    argv = proxy_lab.sipp_uac_argv(50, 100, stat, lab.workdir / "uac.err", pause_ms=100)
+    uac = proxy_lab.spawn_logged(lab.lab, lab.uac, argv, lab.workdir / "uac")
+    assert uac.wait(60) == 0, (lab.workdir / "uac").read_text()[-2000:]
+    uas.terminate()
+    stats = proxy_lab.SippStats.read(stat)
+    assert (stats.last("SuccessfulCall(C)"), stats.last("FailedCall(C)")) == (100, 0)
+    per_worker = counters(lab, proxy)
+    # the restarted worker's sockets, both sides, joined their slots again
+    assert [c.get("affinity.steered_sides") for c in per_worker] == [2, 2], per_worker
+    assert all(c.get("request.INVITE", 0) >= 20 for c in per_worker), per_worker
+    assert sum(c.get("affinity.handed_off", 0) for c in per_worker) == 0, per_worker
+
+
 def test_what_the_kernel_cannot_place_is_handed_to_its_owner(lab: ProxyLab) -> None:
     """Call-IDs past the bytes the steering program reads: the kernel falls back to its
     4-tuple hash, which gives one source's requests to one worker; that worker hands the
