@@ -120,6 +120,10 @@ class EdgeRouter:
         # RFC 3263 answers by Request-URI, filled by the shell (alg.aio) after a lookup;
         # short-lived: the resolver has its own TTL-honouring cache
         self._resolved: dict[str, tuple[float, tuple[ResolvedTarget, ...]]] = {}
+        # the addresses the table's next hops given by name resolved to, by lookup key:
+        # gateways too, so their health is watched as the literal hops' is
+        self._named_hops: dict[str, frozenset[tuple[str, int]]] = {}
+        self._watch_hops()
 
     def remember_resolution(
         self, uri: str, targets: Sequence[ResolvedTarget], now: float, ttl: float = 30.0
@@ -127,6 +131,9 @@ class EdgeRouter:
         self._resolved[uri] = (now + ttl, tuple(targets))
         if len(self._resolved) > 4096:  # bounded: drop what has expired
             self._resolved = {u: v for u, v in self._resolved.items() if v[0] > now}
+        if uri in self._named_hops:
+            self._named_hops[uri] = frozenset((t.address, t.port) for t in targets)
+            self._watch_hops()
 
     def reload_routes(self, table: routing.RoutingTable) -> None:
         """Swap the prefix table (SIGHUP / `sipwall ctl reload`): calls in progress keep
@@ -134,8 +141,22 @@ class EdgeRouter:
         self.routes = routing.RouterConfig(
             self.routes.local_domains, self.routes.location, table, self.routes.directory
         )
+        self._watch_hops()
+
+    def _watch_hops(self) -> None:
+        """Watch the table's next hops and, for those given by name, the addresses they
+        last resolved to."""
+        table = self.routes.table
+        named = {
+            hop_lookup_key(hop.host, hop.port, hop.transport): self._named_hops.get(
+                hop_lookup_key(hop.host, hop.port, hop.transport), frozenset()
+            )
+            for hop in table.next_hops()
+            if not is_ip_literal(hop.host)
+        }
+        self._named_hops = named
         if self.hops is not None:
-            self.hops.watch(table.hops())
+            self.hops.watch(table.hops().union(*named.values()))
 
     def route(self, request: SipMessage, source: Endpoint, now: float) -> Routed | Answer | Resolve:
         uri = request.request_uri
@@ -237,6 +258,9 @@ class EdgeRouter:
             expanded.extend(found.targets)
         if not expanded:
             return Answer(503, "Service Unavailable (DNS found no server)")
+        down = self.hops.down(now) if self.hops is not None else frozenset()
+        if down:  # an address held down for not answering is tried last (alg.hop_health)
+            expanded.sort(key=lambda t: (t.next_hop, t.port) in down)
         return routing.RouteDecision(tuple(expanded), decided.parallel)
 
     def _target(self, target: routing.Target) -> Target | None:
@@ -252,6 +276,12 @@ class EdgeRouter:
         return Target(endpoint, target.uri, target.path)
 
 
+def hop_lookup_key(host: str, port: int | None, transport: str | None) -> str:
+    port_part = f":{port}" if port is not None else ""
+    transport_part = f";transport={transport}" if transport else ""
+    return f"sip:{host}{port_part}{transport_part}"
+
+
 def lookup_key(target: routing.Target) -> str:
     """What to resolve for a target whose next hop is a name: the Request-URI itself for
     a domain of someone else's (RFC 3263 §4: its transport, port and SRV records), or a
@@ -259,6 +289,4 @@ def lookup_key(target: routing.Target) -> str:
     means its A/AAAA records)."""
     if target.needs_resolution:
         return target.uri
-    port = f":{target.port}" if target.port is not None else ""
-    transport = f";transport={target.transport}" if target.transport else ""
-    return f"sip:{target.next_hop}{port}{transport}"
+    return hop_lookup_key(target.next_hop, target.port, target.transport)

@@ -1,8 +1,9 @@
 """Next hops seen failing, tried last for a while: passive health of gateways.
 
-Only the next hops of the route table are watched (`watch`, again at every reload): a
-phone that does not answer is not a gateway, and offline phones must not fill a table
-or be probed forever.
+Only the next hops of the route table are watched (`watch`, again at every reload), and
+for those given by name the addresses they last resolved to (alg.edge): a phone that
+does not answer is not a gateway, and offline phones must not fill a table or be probed
+forever.
 
 A gateway that does not answer costs every call routed to it first a failover delay
 ([proxy] failover_timeout, or Timer B's 32 s without one). So a next hop (address, port)

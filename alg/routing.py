@@ -164,11 +164,14 @@ class RoutingTable:
         lengths = sorted({len(prefix) for prefix in self.routes}, reverse=True)
         object.__setattr__(self, "_lengths", tuple(lengths))
 
+    def next_hops(self) -> tuple[NextHop, ...]:
+        """Every next hop of the table: the default's, then each route's."""
+        return (*self.default, *(hop for route in self.routes.values() for hop in route.next_hops))
+
     def hops(self) -> frozenset[tuple[str, int]]:
         """Every next hop of the table, as (host, port): the gateways whose health is
         watched (alg.hop_health)."""
-        every = [*self.default, *(hop for route in self.routes.values() for hop in route.next_hops)]
-        return frozenset((hop.host, hop.port) for hop in every)
+        return frozenset((hop.host, hop.port) for hop in self.next_hops())
 
     def lookup(self, number: str) -> PrefixRoute | None:
         """Longest prefix of `number` (digits only) that has a route."""

@@ -267,6 +267,35 @@ def test_a_next_hop_given_by_name_is_resolved_and_proves_that_name(tmp_path: Pat
     assert str(request.request_uri) == "sip:carol@elsewhere.example"  # the URI stays
 
 
+def test_an_address_of_a_named_hop_that_failed_is_tried_last(tmp_path: Path) -> None:
+    """The addresses a named gateway resolved to are watched as literal hops are
+    (alg.hop_health): one that left a call unanswered goes after the others."""
+    from alg.dns_resolver import ResolvedTarget
+
+    alg = services(tmp_path, auth=False, extra=DNS_ON, routes_text=NAMED_UPSTREAM)
+    core, key = alg.core, "sip:gw.carrier.test:5061;transport=tls"
+    first, second = (
+        ResolvedTarget(address, 5061, "tls", "gw.carrier.test")
+        for address in ("198.51.100.60", "198.51.100.61")
+    )
+    alg.edge.remember_resolution(key, [first, second], now=0.0)
+    assert ("198.51.100.60", 5061) in core.hops.watched
+
+    def first_try(branch: str, now: float) -> str:
+        out = core.receive(
+            invite("sip:carol@elsewhere.example", branch, call_id=branch), ALICE, now
+        )
+        (forwarded,) = [s for s in out if s.to.side == "outside"]
+        return forwarded.to.host
+
+    assert first_try("z9hG4bKh1", 1.0) == "198.51.100.60"
+    core.hops.failed(Endpoint("outside", "TLS", "198.51.100.60", 5061), 2.0)  # no answer
+    assert first_try("z9hG4bKh2", 3.0) == "198.51.100.61"
+    # a reload that drops the named hop forgets its addresses
+    alg.edge.reload_routes(alg.edge.routes.table.__class__())
+    assert ("198.51.100.60", 5061) not in core.hops.watched
+
+
 def test_a_next_hop_given_by_name_without_dns_is_refused_at_start(tmp_path: Path) -> None:
     from alg.errors import RouteTableError
 
