@@ -6,6 +6,7 @@ delivered; a worker that leaves and comes back gets its calls again."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import select
 import socket
@@ -65,6 +66,23 @@ def group_sockets(host: str, group: GroupSteering, indexes: list[int]) -> dict[i
     return sockets
 
 
+@contextlib.contextmanager
+def steered(
+    host: str, workers: int, indexes: list[int]
+) -> Iterator[tuple[GroupSteering, dict[int, socket.socket]]]:
+    """A steering group for `workers` and sockets joined in the order `indexes`; all
+    closed afterwards."""
+    group = GroupSteering.create(workers)
+    sockets: dict[int, socket.socket] = {}
+    try:
+        sockets.update(group_sockets(host, group, indexes))
+        yield group, sockets
+    finally:
+        for sock in sockets.values():
+            sock.close()
+        group.close()
+
+
 def exchange(
     host: str, sockets: dict[int, socket.socket], datagrams: list[bytes]
 ) -> dict[int, list[bytes]]:
@@ -90,11 +108,9 @@ def exchange(
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_each_datagram_reaches_the_worker_owning_its_call(host: str, workers: int) -> None:
-    group = GroupSteering.create(workers)
     indexes = list(range(workers))
     random.Random(workers).shuffle(indexes)  # the group's own order is not the workers'
-    sockets = group_sockets(host, group, indexes)
-    try:
+    with steered(host, workers, indexes) as (_, sockets):
         datagrams = [
             message(f"{n}-{4242 + n % 3}@10.77.0.10", form=n, padding=(n * 37) % 600)
             for n in range(400)
@@ -103,16 +119,10 @@ def test_each_datagram_reaches_the_worker_owning_its_call(host: str, workers: in
         for index, got in received.items():
             assert all(owner(data, workers) == index for data in got), index
             assert len(got) > 0.6 * 400 / workers  # and the calls are spread over all
-    finally:
-        for sock in sockets.values():
-            sock.close()
-        group.close()
 
 
 def test_what_cannot_be_placed_is_still_delivered(host: str) -> None:
-    group = GroupSteering.create(2)
-    sockets = group_sockets(host, group, [0, 1])
-    try:
+    with steered(host, 2, [0, 1]) as (_, sockets):
         far = message("far@10.77.0.10", form=0, padding=SCAN_BYTES)
         assert far.index(b"Call-ID") > SCAN_BYTES and owner(far, 2) is not None
         unplaced = [
@@ -124,16 +134,10 @@ def test_what_cannot_be_placed_is_still_delivered(host: str) -> None:
         ]
         received = exchange(host, sockets, unplaced * 20)
         assert sorted(d for got in received.values() for d in got) == sorted(unplaced * 20)
-    finally:
-        for sock in sockets.values():
-            sock.close()
-        group.close()
 
 
 def test_a_worker_that_comes_back_gets_its_calls_again(host: str) -> None:
-    group = GroupSteering.create(2)
-    sockets = group_sockets(host, group, [0, 1])
-    try:
+    with steered(host, 2, [0, 1]) as (group, sockets):
         datagrams = [message(f"back-{n}@10.77.0.10", form=n) for n in range(200)]
         sockets.pop(0).close()  # worker 0 exits: its slot empties, nothing is lost
         assert not group.slot_taken(0) and group.slot_taken(1)
@@ -143,7 +147,3 @@ def test_a_worker_that_comes_back_gets_its_calls_again(host: str) -> None:
         received = exchange(host, sockets, datagrams)
         for index, got in received.items():
             assert got and all(owner(data, 2) == index for data in got)
-    finally:
-        for sock in sockets.values():
-            sock.close()
-        group.close()
