@@ -147,13 +147,12 @@ class EdgeRouter:
         """Watch the table's next hops and, for those given by name, the addresses they
         last resolved to."""
         table = self.routes.table
-        named = {
-            hop_lookup_key(hop.host, hop.port, hop.transport): self._named_hops.get(
-                hop_lookup_key(hop.host, hop.port, hop.transport), frozenset()
-            )
+        keys = [
+            hop_lookup_key(hop.host, hop.given_port, hop.transport)
             for hop in table.next_hops()
             if not is_ip_literal(hop.host)
-        }
+        ]
+        named = {key: self._named_hops.get(key, frozenset()) for key in keys}
         self._named_hops = named
         if self.hops is not None:
             self.hops.watch(table.hops().union(*named.values()))
@@ -285,8 +284,8 @@ def hop_lookup_key(host: str, port: int | None, transport: str | None) -> str:
 def lookup_key(target: routing.Target) -> str:
     """What to resolve for a target whose next hop is a name: the Request-URI itself for
     a domain of someone else's (RFC 3263 §4: its transport, port and SRV records), or a
-    URI of the configured hop, with the port and transport it was given (§4.2: a port
-    means its A/AAAA records)."""
+    URI of the configured hop with the port and transport it was given (§4.2: a port
+    means its A/AAAA records; without one, the transport's SRV records first)."""
     if target.needs_resolution:
         return target.uri
     return hop_lookup_key(target.next_hop, target.port, target.transport)

@@ -112,10 +112,17 @@ def aor_of(uri: SipUri) -> str:
 @dataclass(frozen=True, slots=True)
 class NextHop:
     host: str
-    port: int
+    port: int  # as given, or the transport's default
     transport: str = "udp"
     priority: int = 0
     weight: int = 1
+    # whether `port` was written: a name without a port is looked up by SRV for its
+    # transport (RFC 3263 §4.2), with the default port only when there is no SRV record
+    port_given: bool = True
+
+    @property
+    def given_port(self) -> int | None:
+        return self.port if self.port_given else None
 
     @classmethod
     def parse(cls, text: str, *, priority: int = 0, weight: int = 1) -> NextHop:
@@ -133,7 +140,9 @@ class NextHop:
             host, _, port = split_host_port(hostport)
         except SipParseError as exc:
             raise ValueError(f"bad next hop {text!r}: {exc.reason}") from None
-        return cls(host, port or default_port(transport), transport, priority, weight)
+        return cls(
+            host, port or default_port(transport), transport, priority, weight, port is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +473,7 @@ def _by_prefix(
     if ctx.side == "outside" and not found.from_outside:
         return FORBIDDEN  # the PSTN gateways are for our own users only
     targets = tuple(
-        Target(_rewrite(uri, found, number, hop), hop.host, hop.port, hop.transport, "prefix")
+        Target(_rewrite(uri, found, number, hop), hop.host, hop.given_port, hop.transport, "prefix")
         for hop in _ordered(found.next_hops, ctx)
     )
     return RouteDecision(targets)
@@ -496,7 +505,7 @@ def _rewrite(uri: SipUri | TelUri, route: PrefixRoute, number: str, hop: NextHop
 def _to_default(uri: SipUri | TelUri, config: RouterConfig, ctx: RequestContext) -> RouteDecision:
     return RouteDecision(
         tuple(
-            Target(str(uri), hop.host, hop.port, hop.transport, "default")
+            Target(str(uri), hop.host, hop.given_port, hop.transport, "default")
             for hop in _ordered(config.table.default, ctx)
         )
     )

@@ -103,7 +103,7 @@ class ProviderLab:
             # (the lab's DNS server) and checks the certificate against it (RFC 5922)
             write_pair(pki, "sip-provider", issue_sip(lab_pki.ca, [DOMAIN]))
             sip_tls = (cert, key, pki / "ca.pem")
-            upstream = f"{DOMAIN}:5061;transport=tls"
+            upstream = f"{DOMAIN};transport=tls"  # its SRV record names the port
             nameservers = (PROVIDER,)
             self.start_dns()
         self.start_kamailio(pki)
@@ -129,10 +129,12 @@ class ProviderLab:
         self._demo.restart_alg()
 
     def start_dns(self) -> None:
-        """The provider's DNS server (labs/dns_server.py) at its address: the A record
-        of its domain, so that sipwall can reach the trunk by name."""
+        """The provider's DNS server (labs/dns_server.py) at its address: the SRV record
+        of its SIP-over-TLS service and the A record of its domain, so that sipwall can
+        reach the trunk by name."""
         argv = [sys.executable, "-m", "labs.dns_server", "--listen", PROVIDER]
         argv += ["--record", f"{DOMAIN}={PROVIDER}"]
+        argv += ["--srv", f"_sips._tcp.{DOMAIN}=10,5,5061,{DOMAIN}"]  # RFC 3263 §4.2
         proc = self.lab.spawn("provider", argv, name="dns", cwd=REPO)
         self._dns = proc
         log = self.lab.log_path("provider", "dns")

@@ -2,9 +2,10 @@
 
 As tests/lab/labs/test_provider_lab.py, but alice (baresip) speaks TLS to sipwall's
 inside (10.77.0.1:5061, checking its certificate against the lab CA), the ALG reaches
-Kamailio over TLS by name (its upstream is `provider.example:5061;transport=tls`, found
-with the provider's DNS server at 198.51.100.10; the provider's certificate names only
-that domain, RFC 5922), and the
+Kamailio over TLS by name (its upstream is `provider.example;transport=tls`: the SRV
+record `_sips._tcp.provider.example` and then the A record, from the provider's DNS
+server at 198.51.100.10; the provider's certificate names only that domain, RFC 5922),
+and the
 provider reaches alice's registration at sipwall's outside TLS port (checking sipwall's
 certificate): the masked Contact it stores names that port and transport=tls. Media is
 anchored by the real agent as on UDP; each phone hears the other's tone.
@@ -95,6 +96,7 @@ def test_alice_holds_a_tls_connection_to_sipwalls_inside(provider: ProviderLab) 
 def test_sipwall_found_the_trunk_by_name(provider: ProviderLab) -> None:
     # the registration and the calls above crossed TLS to an address sipwall learnt
     # from the lab's DNS; the certificate it accepted names provider.example, no address
-    assert f"{DOMAIN} A" in provider.dns_queries()
+    asked = provider.dns_queries()
+    assert f"_sips._tcp.{DOMAIN} SRV" in asked and f"{DOMAIN} A" in asked, asked
     alg_toml = (provider.work / "alg.toml").read_text()
-    assert f'upstream = "{DOMAIN}:5061;transport=tls"' in alg_toml
+    assert f'upstream = "{DOMAIN};transport=tls"' in alg_toml

@@ -252,7 +252,7 @@ def test_a_next_hop_given_by_name_is_resolved_and_proves_that_name(tmp_path: Pat
 
     alg = services(tmp_path, auth=False, extra=DNS_ON, routes_text=NAMED_UPSTREAM)
     alg.core.receive(invite("sip:carol@elsewhere.example", "z9hG4bKn3"), ALICE, 0.0)
-    key = "sip:gw.carrier.test:5061;transport=tls"  # the hop, with its port: A/AAAA
+    key = "sip:gw.carrier.test;transport=tls"  # no port given: SRV for TLS, then A/AAAA
     assert alg.core.take_lookups() == [key]
     found = [
         ResolvedTarget("198.51.100.60", 5061, "tls", "gw.carrier.test"),
@@ -267,13 +267,20 @@ def test_a_next_hop_given_by_name_is_resolved_and_proves_that_name(tmp_path: Pat
     assert str(request.request_uri) == "sip:carol@elsewhere.example"  # the URI stays
 
 
+def test_a_named_hop_with_its_port_is_looked_up_at_that_port(tmp_path: Path) -> None:
+    routes = ROUTES + '[default]\nnext_hops = ["gw.carrier.test:5080;transport=tcp"]\n'
+    alg = services(tmp_path, auth=False, extra=DNS_ON, routes_text=routes)
+    alg.core.receive(invite("sip:carol@elsewhere.example", "z9hG4bKn4"), ALICE, 0.0)
+    assert alg.core.take_lookups() == ["sip:gw.carrier.test:5080;transport=tcp"]  # A/AAAA
+
+
 def test_an_address_of_a_named_hop_that_failed_is_tried_last(tmp_path: Path) -> None:
     """The addresses a named gateway resolved to are watched as literal hops are
     (alg.hop_health): one that left a call unanswered goes after the others."""
     from alg.dns_resolver import ResolvedTarget
 
     alg = services(tmp_path, auth=False, extra=DNS_ON, routes_text=NAMED_UPSTREAM)
-    core, key = alg.core, "sip:gw.carrier.test:5061;transport=tls"
+    core, key = alg.core, "sip:gw.carrier.test;transport=tls"
     first, second = (
         ResolvedTarget(address, 5061, "tls", "gw.carrier.test")
         for address in ("198.51.100.60", "198.51.100.61")

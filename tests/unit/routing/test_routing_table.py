@@ -43,8 +43,12 @@ def test_longest_prefix_lookup() -> None:
 
 
 def test_next_hop_syntax() -> None:
-    assert NextHop.parse("gw.example") == NextHop("gw.example", 5060, "udp")
-    assert NextHop.parse("gw.example;transport=TLS") == NextHop("gw.example", 5061, "tls")
+    # without a port: the transport's default, and a name is looked up by SRV first
+    assert NextHop.parse("gw.example") == NextHop("gw.example", 5060, "udp", port_given=False)
+    tls = NextHop.parse("gw.example;transport=TLS")
+    assert tls == NextHop("gw.example", 5061, "tls", port_given=False)
+    assert (tls.port, tls.given_port) == (5061, None)
+    assert NextHop.parse("gw.example:5061;transport=tls").given_port == 5061
     assert NextHop.parse("[2001:db8::1]:5070;transport=tcp") == NextHop("2001:db8::1", 5070, "tcp")
     with pytest.raises(ValueError, match="transport"):
         NextHop.parse("gw.example;transport=carrier-pigeon")
