@@ -39,6 +39,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import platform
 import socket
 import struct
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ from typing import Final
 from alg.call_hash import CALL_HASH_BASIS, CALL_HASH_MIXER, CALL_HASH_PRIME
 from alg.errors import AlgError
 
-SYS_BPF: Final = 321  # x86_64 (asm/unistd_64.h)
+# bpf(2) by architecture (asm/unistd.h); elsewhere steering is refused, not guessed
+_SYS_BPF: Final = {"x86_64": 321, "aarch64": 280}
 SO_ATTACH_REUSEPORT_EBPF: Final = 52  # asm-generic/socket.h
 
 # bpf(2) commands, map and program types (linux/bpf.h)
@@ -267,8 +269,11 @@ _libc.syscall.restype = ctypes.c_long
 
 
 def _bpf(command: int, attr: bytes) -> int:
+    number = _SYS_BPF.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"no bpf(2) number known for {platform.machine()}")
     buffer = ctypes.create_string_buffer(attr, len(attr))
-    result = int(_libc.syscall(SYS_BPF, command, buffer, len(attr)))
+    result = int(_libc.syscall(number, command, buffer, len(attr)))
     if result < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
