@@ -37,7 +37,7 @@ from alg.media.perform import AgentApi, Batched, coalesce, perform, perform_batc
 from alg.proxy import ProxyCore
 from alg.proxy_model import SIDES, Endpoint, Send, Side
 from alg.sip import BadMessage, KeepAlivePing, MessageReceived, SipStreamReader
-from alg.tls import TlsContexts, contexts
+from alg.tls import TlsContexts, contexts, sip_identity_matches
 from alg.workers import spread_at_random
 from fcp.types import Event, EventKind, Session
 
@@ -575,10 +575,9 @@ class AlgShell:
         side, transport, host, port = key
         tls: dict[str, Any] = {}
         if transport == "TLS":
-            client = self.tls[side].client
             tls = {
-                "ssl": client,
-                "server_hostname": (name or host) if client.check_hostname else None,
+                "ssl": self.tls[side].client,
+                "server_hostname": name or host,  # SNI for a name (never for an address)
                 "ssl_handshake_timeout": TLS_HANDSHAKE_SECONDS,
             }
         try:
@@ -597,6 +596,17 @@ class AlgShell:
             for send in self._connecting.pop(key, []):
                 self._undelivered(send)
             return
+        if transport == "TLS" and self.tls[side].verify and protocol.transport is not None:
+            cert = protocol.transport.get_extra_info("peercert") or {}
+            if not sip_identity_matches(cert, name or host):
+                log.warning(
+                    "%s:%d over TLS: its certificate does not name %s (RFC 5922 §7)",
+                    host, port, name or host,
+                )  # fmt: skip
+                protocol.transport.close()
+                for send in self._connecting.pop(key, []):
+                    self._undelivered(send)
+                return
         sends = self._connecting.pop(key, [])
         if protocol.transport is not None:
             for send in sends:

@@ -157,6 +157,9 @@ def _host_sans(hosts: Sequence[str]) -> list[x509.GeneralName]:
         raise CertificateError("a server certificate needs at least one host")
     sans: list[x509.GeneralName] = []
     for host in hosts:
+        if host.startswith("sip:"):  # a SIP domain as RFC 5922 §7.1 writes it
+            sans.append(x509.UniformResourceIdentifier(host))
+            continue
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:

@@ -44,21 +44,33 @@ def pki(tmp_path: Path) -> Path:
     ca = generate_ca()
     write_pair(tmp_path, "ca", ca)
     write_pair(tmp_path, "provider", issue_sip(ca, ["provider.test"]))  # its domain only
+    write_pair(tmp_path, "wildcard", issue_sip(ca, ["*.provider.test"]))
+    write_pair(tmp_path, "sip-uri", issue_sip(ca, ["sip:provider.test"]))  # RFC 5922 §7.1
     write_pair(tmp_path, "alg", issue_sip(ca, [SERVER]))
     return tmp_path
 
 
-def delivered(host: str, pki: Path, tmp_path: Path, name: str | None) -> bytes:
+def delivered(
+    host: str, pki: Path, tmp_path: Path, name: str | None, cert: str = "provider"
+) -> bytes:
     """Have the ALG's shell send one request over TLS to the provider at SERVER, as a
-    next hop resolved from `name` (None: given by address); what the provider read."""
+    next hop resolved from `name` (None: given by address), the provider presenting
+    certificate `cert`; what the provider read."""
 
     async def run() -> bytes:
         received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(pki / "provider.pem", pki / "provider.key")
+        context.load_cert_chain(pki / f"{cert}.pem", pki / f"{cert}.key")
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            received.set_result(await reader.readuntil(b"\r\n\r\n"))
+            try:
+                data = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:  # closed by the ALG unsent
+                data = exc.partial
+            except OSError:  # torn down mid-TLS by the ALG
+                data = b""
+            if not received.done():
+                received.set_result(data)
             writer.close()
 
         server = await asyncio.start_server(serve, SERVER, 0, ssl=context)
@@ -82,9 +94,10 @@ database = "{tmp_path / "location.db"}"
         shell = AlgShell(config, services.core)
         try:
             shell._dispatch([Send(Endpoint("outside", "TLS", SERVER, port, name=name), OPTIONS)])
-            # the connection attempt: it ends with the request written, or refused
+            # the connection attempt: it ends with the request written, the connection
+            # closed by the ALG unused, or the handshake refused
             await asyncio.gather(*shell._pending)
-            if shell.by_peer:  # connected: the provider reads what was written
+            if shell.by_peer:  # connected: the provider reads what was written, or EOF
                 return await received
             return received.result() if received.done() else b""
         finally:
@@ -106,3 +119,14 @@ def test_a_server_not_proving_the_name_gets_nothing(
     host: str, pki: Path, tmp_path: Path, name: str | None
 ) -> None:
     assert delivered(host, pki, tmp_path, name) == b""
+
+
+def test_a_sip_uri_in_the_certificate_names_the_domain(
+    host: str, pki: Path, tmp_path: Path
+) -> None:
+    assert delivered(host, pki, tmp_path, "provider.test", cert="sip-uri") == OPTIONS
+
+
+def test_a_wildcard_certificate_proves_no_sip_domain(host: str, pki: Path, tmp_path: Path) -> None:
+    # RFC 5922 §7.2; a web client (and OpenSSL's host check) would accept it
+    assert delivered(host, pki, tmp_path, "sip.provider.test", cert="wildcard") == b""

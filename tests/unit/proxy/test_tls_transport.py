@@ -14,7 +14,7 @@ from alg.builders import build_response
 from alg.config import AlgConfig, ConfigError, parse_config
 from alg.proxy import ProxyCore
 from alg.proxy_model import Endpoint, Interface, ProxyConfig
-from alg.tls import TlsSettings, contexts
+from alg.tls import TlsSettings, contexts, sip_identity_matches
 from fcp.certs import generate_ca, issue_server, issue_sip, write_pair
 
 TLS_BOB = Endpoint("outside", "TLS", "203.0.113.20", 5061, connection=7)
@@ -117,7 +117,9 @@ def test_contexts_refuse_old_tls_and_ask_clients_only_when_told(pki: Path) -> No
     assert plain.server.minimum_version == ssl.TLSVersion.TLSv1_2
     assert plain.client.minimum_version == ssl.TLSVersion.TLSv1_2
     assert plain.server.verify_mode == ssl.CERT_NONE  # no CA given: no client certificate
-    assert (plain.client.verify_mode, plain.client.check_hostname) == (ssl.CERT_REQUIRED, True)
+    # the chain by OpenSSL, the name by us (RFC 5922 §7: sip_identity_matches)
+    assert (plain.client.verify_mode, plain.client.check_hostname) == (ssl.CERT_REQUIRED, False)
+    assert plain.verify
     trusting = contexts(TlsSettings(base.cert, base.key, ca=f"{pki}/ca.pem"))
     assert trusting.server.verify_mode == ssl.CERT_OPTIONAL
     strict = contexts(
@@ -126,6 +128,37 @@ def test_contexts_refuse_old_tls_and_ask_clients_only_when_told(pki: Path) -> No
     assert strict.server.verify_mode == ssl.CERT_REQUIRED
     blind = contexts(TlsSettings(base.cert, base.key, verify=False))
     assert (blind.client.verify_mode, blind.client.check_hostname) == (ssl.CERT_NONE, False)
+    assert not blind.verify
+
+
+def san(*entries: tuple[str, str]) -> dict[str, object]:
+    return {"subject": ((("commonName", "cn.example"),),), "subjectAltName": entries}
+
+
+@pytest.mark.parametrize(
+    ("cert", "expected", "matches"),
+    [
+        (san(("DNS", "provider.test")), "provider.test", True),
+        (san(("DNS", "Provider.Test.")), "provider.test", True),  # case, root dot
+        (san(("DNS", "provider.test")), "sip.provider.test", False),
+        (san(("DNS", "*.provider.test")), "sip.provider.test", False),  # §7.2: no wildcard
+        (san(("URI", "sip:provider.test")), "provider.test", True),  # §7.1
+        (san(("URI", "sip:provider.test;transport=tls")), "provider.test", True),
+        (san(("URI", "sip:alice@provider.test")), "provider.test", False),  # a user's
+        (san(("URI", "https://provider.test/")), "provider.test", False),
+        (san(("IP Address", "198.51.100.10")), "198.51.100.10", True),
+        (san(("IP Address", "2001:DB8:0:0:0:0:0:1\n")), "[2001:db8::1]", True),
+        (san(("DNS", "198.51.100.10")), "198.51.100.10", False),  # an address is no name
+        (san(("IP Address", "198.51.100.10")), "provider.test", False),
+        (san(("DNS", "other.test")), "cn.example", False),  # CN only without SANs
+        ({"subject": ((("commonName", "provider.test"),),)}, "provider.test", True),
+        ({}, "provider.test", False),
+    ],
+)
+def test_a_servers_identity_is_compared_as_rfc_5922_says(
+    cert: dict[str, object], expected: str, matches: bool
+) -> None:
+    assert sip_identity_matches(cert, expected) is matches
 
 
 TCP_CAROL = Endpoint("outside", "TCP", "203.0.113.30", 5060)
