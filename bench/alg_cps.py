@@ -300,14 +300,17 @@ def delay_run(
     peers = Peers(pl, name, _starter(name, QUARANTINE), spawned, logs_of=_logs)
     caps: list[tuple[subprocess.Popen[str], Path]] = []
     try:
-        proxy = peers.start()
         tag = f"pdd-{name}-{rnd}"
+        # the captures first: dumpcap says "Capturing on" a little before it really
+        # captures (a run lost the first call on gw-out, 50 ms after that line), so they
+        # get the peers' whole start-up to become live
         caps = [
             anchor_lab.start_capture(pl, pl.uac, "in0", tag),
             anchor_lab.start_capture(pl, pl.gw, "gw-in", tag),
             anchor_lab.start_capture(pl, pl.gw, "gw-out", tag),
         ]
         spawned.extend(proc.pid for proc, _ in caps)
+        proxy = peers.start()
         calls = max(1, round(rate * seconds))
         alg0, agent0 = _split_cpu(proxy)
         stats, _, _ = cps_bench.run_uac(pl, f"{tag}", rate, calls, scenario=SCENARIO)
