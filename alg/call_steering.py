@@ -189,11 +189,11 @@ def program(map_fd: int, workers: int) -> bytes:
         _alu64_reg(_MOV, R1, R0),
     ]
     for state, char in enumerate(_CALL_ID_REST, start=2):
-        folded = char | 0x20 if chr(char).isalpha() else char
+        letter = chr(char).isalpha()  # "-" is compared as it is
         code += [
             _jump(_JNE, R5, state, f"not{state}"),
-            _alu64(_OR, R1, 0x20) if chr(char).isalpha() else _alu64(_OR, R1, 0),
-            _jump(_JNE, R1, folded, "miss"),
+            *([_alu64(_OR, R1, 0x20)] if letter else []),
+            _jump(_JNE, R1, char | 0x20 if letter else char, "miss"),
             _alu64(_MOV, R5, state + 1 if state < 7 else _NAME_END),
             _goto("next"),
             f"not{state}",
@@ -318,6 +318,14 @@ def _load(insns: bytes) -> int:
         raise SteeringError(f"the kernel refused the steering program: {exc} ({said})") from exc
 
 
+def _map_element(command: int, map_fd: int, index: int, value: int = 0) -> None:
+    """Update (a socket's descriptor in) or look up (its cookie) slot `index` of a map."""
+    key = ctypes.c_uint32(index)
+    cell = ctypes.c_uint64(value)
+    attr = struct.pack("<IIQQQ", map_fd, 0, ctypes.addressof(key), ctypes.addressof(cell), 0)
+    _bpf(command, attr)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupSteering:
     """The map and program of one reuseport group, as descriptors this process holds."""
@@ -342,13 +350,8 @@ class GroupSteering:
     def join(self, sock: socket.socket, index: int) -> None:
         """Put `sock` (bound, SO_REUSEPORT) in slot `index` and attach the program to
         its group."""
-        key = ctypes.c_uint32(index)
-        value = ctypes.c_uint64(sock.fileno())
-        attr = struct.pack(
-            "<IIQQQ", self.map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0
-        )
         try:
-            _bpf(_MAP_UPDATE_ELEM, attr)
+            _map_element(_MAP_UPDATE_ELEM, self.map_fd, index, sock.fileno())
             sock.setsockopt(
                 socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_EBPF, struct.pack("i", self.program_fd)
             )
@@ -357,13 +360,8 @@ class GroupSteering:
 
     def slot_taken(self, index: int) -> bool:
         """Whether slot `index` holds a socket (a lookup answers its cookie)."""
-        key = ctypes.c_uint32(index)
-        value = ctypes.c_uint64(0)
-        attr = struct.pack(
-            "<IIQQQ", self.map_fd, 0, ctypes.addressof(key), ctypes.addressof(value), 0
-        )
         try:
-            _bpf(_MAP_LOOKUP_ELEM, attr)
+            _map_element(_MAP_LOOKUP_ELEM, self.map_fd, index)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return False

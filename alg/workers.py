@@ -97,7 +97,7 @@ def steering_arguments(groups: dict[Side, GroupSteering]) -> list[str]:
     return [
         argument
         for side, group in groups.items()
-        for argument in ("--steering", f"{side}={group.map_fd},{group.program_fd}")
+        for argument in ("--steering", f"{side}={','.join(map(str, group.descriptors()))}")
     ]
 
 
