@@ -49,8 +49,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import ipaddress
 import re
@@ -88,6 +86,7 @@ TOKEN_PATTERN: Final = (
 )
 TOKEN_RE: Final = re.compile(TOKEN_PATTERN)
 _BASE32: Final = "abcdefghijklmnopqrstuvwxyz234567"
+_BASE32_PAIRS: Final = tuple(a + b for a in _BASE32 for b in _BASE32)  # 10 bits each
 # Decoding goes through int(..., 32), whose digits are RFC 4648 §7's "base32hex" alphabet
 # (0-9, a-v): 5x faster than base64.b32decode, and the padding bits are checked for free.
 _TO_BASE32HEX: Final = str.maketrans(_BASE32, "0123456789abcdefghijklmnopqrstuv")
@@ -101,8 +100,39 @@ _IPV6_RE: Final = re.compile(rb"(?<![0-9A-Za-z:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f.
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# A network of more first octets than this is scanned with the pattern (see InsideNetworks).
+_MAX_IPV4_STARTS: Final = 16
+
+
+def _ipv4_starts(networks: tuple[Network, ...]) -> tuple[bytes, ...]:
+    """The texts ("10.") every IPv4 literal of `networks` starts with; () when there is no
+    IPv4 network or one allows too many first octets for the texts to be worth it."""
+    octets: set[int] = set()
+    for net in networks:
+        if net.version != 4:
+            continue
+        low = int(net.network_address) >> 24
+        high = int(net.broadcast_address) >> 24
+        if high - low + 1 > _MAX_IPV4_STARTS:
+            return ()
+        octets.update(range(low, high + 1))
+    return tuple(f"{octet}.".encode("ascii") for octet in sorted(octets))
+
+
 class TokenTooLong(AlgError):
     """A text longer than `MAX_TEXT_BYTES` cannot become a token."""
+
+
+def _base32_encode(data: bytes) -> str:
+    """Unpadded lowercase base32 of `data` (RFC 4648 §6): five bytes at a time, as four
+    10-bit pairs of characters (`base64.b32encode` is pure Python and slower)."""
+    out: list[str] = []
+    pairs = _BASE32_PAIRS
+    for start in range(0, len(data), 5):
+        group = int.from_bytes(data[start : start + 5].ljust(5, b"\0"), "big")
+        out += (pairs[group >> 30], pairs[group >> 20 & 1023], pairs[group >> 10 & 1023])
+        out.append(pairs[group & 1023])
+    return "".join(out)[: _base32_chars(len(data))]
 
 
 def _base32_decode(text: str) -> bytes | None:
@@ -184,8 +214,7 @@ class TokenTable:
         if len(data) > MAX_TEXT_BYTES:
             raise TokenTooLong(f"{len(data)} bytes to mask; at most {MAX_TEXT_BYTES}")
         sealed = self._siv.encrypt(data, [_AD_LABEL, kind.encode("utf-8", "surrogatepass")])
-        encoded = base64.b32encode(sealed).decode("ascii").rstrip("=").lower()
-        token = TOKEN_PREFIX + encoded
+        token = TOKEN_PREFIX + _base32_encode(sealed)
         self._remember(self._sealed, key, token)
         self._remember(self._opened, (kind, token), text)
         return token
@@ -230,7 +259,7 @@ class TokenTable:
     def key(self, *parts: str) -> bytes:
         """A keyed digest of `parts` (group ids, agent choice): not derivable outside."""
         joined = "\x00".join(parts).encode("utf-8", "surrogateescape")
-        return hmac.new(self._secret, b"key\x00" + joined, hashlib.sha256).digest()
+        return hmac.digest(self._secret, b"key\x00" + joined, "sha256")
 
 
 class ViaStash:
@@ -259,16 +288,30 @@ class InsideNetworks:
     The scan runs several times per message (whole message, Call-ID, From/To, SDP lines),
     so it is kept cheap: only the address families the inside uses are searched for (an
     IPv4-mapped IPv6 literal still shows its IPv4 part to the IPv4 pattern), and a verdict
-    per literal is remembered (a call repeats the same few addresses; bounded)."""
+    per literal is remembered (a call repeats the same few addresses; bounded).
+
+    IPv4 goes faster still: a literal of an inside network starts with the text of a first
+    octet that network allows and a dot ("10." for 10.0.0.0/8, "172." for 172.16.0.0/12),
+    so those few texts are looked for with `bytes.find` (C, no regex step per byte) and
+    the pattern is tried only where one starts a literal. That finds exactly what a scan
+    of every literal would: a literal's first octet is written without leading zeros, or
+    it is no address (`ipaddress` refuses them). A network wider than /4 has too many
+    first octets; the whole-message pattern is kept for it."""
 
     networks: tuple[Network, ...]
     _patterns: tuple[re.Pattern[bytes], ...] = field(init=False, repr=False, compare=False)
+    _ipv4_starts: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
     _verdicts: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         versions = {net.version for net in self.networks}
-        patterns = tuple(p for v, p in ((4, _IPV4_RE), (6, _IPV6_RE)) if v in versions)
+        starts = _ipv4_starts(self.networks)
+        scanned = {6} if starts else {4, 6}
+        patterns = tuple(
+            p for v, p in ((4, _IPV4_RE), (6, _IPV6_RE)) if v in versions and v in scanned
+        )
         object.__setattr__(self, "_patterns", patterns)
+        object.__setattr__(self, "_ipv4_starts", starts)
         object.__setattr__(self, "_verdicts", {})
 
     @classmethod
@@ -290,13 +333,36 @@ class InsideNetworks:
         return verdict
 
     def find_in(self, data: bytes) -> str | None:
-        """The first inside IP literal in `data`, or None."""
+        """The first inside IP literal in `data`, or None (an IPv4 one before an IPv6 one)."""
+        if self._ipv4_starts:
+            found = self._find_ipv4(data)
+            if found is not None:
+                return found
         for pattern in self._patterns:
             for match in pattern.finditer(data):
                 text = match.group(0).decode("ascii", "replace")
                 if self.contains(text):
                     return text
         return None
+
+    def _find_ipv4(self, data: bytes) -> str | None:
+        """The first inside IPv4 literal, looked for only where a first octet of ours starts
+        one: after neither a digit nor a dot, as the pattern's look-behind wants."""
+        first: str | None = None
+        first_at = len(data)
+        for start in self._ipv4_starts:
+            at = data.find(start)
+            while 0 <= at < first_at:
+                before = data[at - 1] if at else 0
+                if not (48 <= before <= 57 or before == 46):  # not after a digit or "."
+                    match = _IPV4_RE.match(data, at)
+                    if match is not None:
+                        text = match.group(0).decode("ascii")
+                        if self.contains(text):
+                            first, first_at = text, at
+                            break
+                at = data.find(start, at + 1)
+        return first
 
     def predicate(self) -> Callable[[str], bool]:
         return self.contains

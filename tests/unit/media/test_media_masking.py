@@ -7,6 +7,7 @@ is not a token we sealed under that key and kind restores to nothing and never r
 
 from __future__ import annotations
 
+import base64
 import re
 import string
 import time
@@ -234,3 +235,11 @@ def test_the_memo_is_bounded_and_a_cleared_memo_changes_no_answer() -> None:
     assert table.token("cid\x00first@10.77.0.10", NOW, "cid") == first
     assert table.restore(first, NOW, "cid") == "cid\x00first@10.77.0.10"
     assert table.restore(tokens[0], NOW, "cid") == "0@10.77.0.11"
+
+
+def test_the_base32_encoder_is_rfc_4648_unpadded_lowercase() -> None:
+    for size in range(1, 90):
+        data = bytes((size * 37 + i * 101) % 256 for i in range(size))
+        encoded = masking._base32_encode(data)
+        assert encoded == base64.b32encode(data).decode("ascii").rstrip("=").lower()
+        assert masking._base32_decode(encoded) == data
