@@ -47,6 +47,7 @@ MODULES: tuple[str, ...] = (
     "alg/sdp/fields.py",
     "alg/sdp/ice.py",
     "alg/sdp/layout.py",
+    "alg/sdp/model.py",
     "alg/sdp/parse.py",
     "alg/sdp/rewrite.py",
     "alg/builders.py",

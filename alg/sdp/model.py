@@ -8,13 +8,17 @@ whose layout is only computed if someone looks at it.
 
 Views answer what an ALG asks of each media stream (RFC 8866 §5.7, §5.14, §6.7; RFC 3264;
 RFC 3605; RFC 5761): the effective connection address, direction, hold, disabled, RTCP.
+
+The description and its sections are read-only views whose derived values are computed on
+first use and kept in private attributes, not frozen dataclasses with cached properties:
+those need an instance `__dict__`, which mypyc's native classes do not have, and this
+module is on the hot path of every anchored call (compiled, see `sipwall.compiled`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 
 from alg.sdp.fields import (
     DIRECTIONS,
@@ -33,22 +37,43 @@ from alg.sdp.layout import Layout, build_layout, line_value
 _MAX_PORT = 0xFFFF
 
 
-@dataclass(frozen=True)
 class _Section:
     """Lines shared by the session part and media sections: attributes, direction, ICE."""
 
-    first_line: int  # 0-based index of this section's first line in the whole description
-    lines: tuple[bytes, ...]
+    def __init__(self, first_line: int, lines: tuple[bytes, ...]) -> None:
+        self.first_line = first_line  # 0-based index of the section's first line in the whole
+        self.lines = lines
+        self._attributes: tuple[Attribute, ...] | None = None
+        self._direction_seen = False
+        self._direction: Direction | None = None
+        self._ice: IceAttributes | None = None
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.first_line, self.lines)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self) or not isinstance(other, _Section):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self._key()!r}"
 
     def _attribute_lines(self) -> Iterator[tuple[int, Attribute]]:
         for offset, line in enumerate(self.lines):
             if line[:2] == b"a=":
                 yield self.first_line + offset + 1, parse_attribute(line_value(line))
 
-    @cached_property
+    @property
     def attributes(self) -> tuple[Attribute, ...]:
         """Every `a=` line of this section, in order (unknown ones included)."""
-        return tuple(attribute for _, attribute in self._attribute_lines())
+        attributes = self._attributes
+        if attributes is None:
+            attributes = self._attributes = tuple(a for _, a in self._attribute_lines())
+        return attributes
 
     def attribute(self, name: str) -> Attribute | None:
         """The first attribute called `name` (names are case-sensitive, RFC 8866 §5.13)."""
@@ -57,40 +82,82 @@ class _Section:
                 return attribute
         return None
 
-    @cached_property
+    @property
     def direction(self) -> Direction | None:
         """The direction attribute written at this level, if any (RFC 3264 §5.1)."""
-        for attribute in self.attributes:
-            if attribute.value is None and attribute.name in DIRECTIONS:
-                return DIRECTIONS[attribute.name]
-        return None
+        if not self._direction_seen:
+            self._direction = _direction_of(self.attributes)
+            self._direction_seen = True
+        return self._direction
 
-    @cached_property
+    @property
     def ice(self) -> IceAttributes:
         """ICE attributes at this level (RFC 8839); parsing a bad candidate raises here."""
-        return collect_ice_attributes(
-            (line_number, attribute.name, attribute.value)
-            for line_number, attribute in self._attribute_lines()
-        )
+        ice = self._ice
+        if ice is None:
+            ice = self._ice = collect_ice_attributes(
+                (line_number, attribute.name, attribute.value)
+                for line_number, attribute in self._attribute_lines()
+            )
+        return ice
 
 
-@dataclass(frozen=True)
+def _direction_of(attributes: tuple[Attribute, ...]) -> Direction | None:
+    for attribute in attributes:
+        if attribute.value is None and attribute.name in DIRECTIONS:
+            return DIRECTIONS[attribute.name]
+    return None
+
+
 class SessionSection(_Section):
     """Everything before the first `m=` line."""
 
-    origin: Origin
-    connection: Connection | None
+    def __init__(
+        self,
+        first_line: int,
+        lines: tuple[bytes, ...],
+        origin: Origin,
+        connection: Connection | None,
+    ) -> None:
+        super().__init__(first_line, lines)
+        self.origin = origin
+        self.connection = connection
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.first_line, self.lines, self.origin, self.connection)
 
 
-@dataclass(frozen=True)
 class MediaSection(_Section):
     """One media description: its `m=` line and the lines up to the next `m=`."""
 
-    index: int
-    media_line: MediaLine
-    connections: tuple[Connection, ...]  # media-level c= lines (several only for multicast)
-    rtcp: RtcpAttribute | None
-    rtcp_mux: bool  # a=rtcp-mux present (RFC 5761 §5.1.1)
+    def __init__(
+        self,
+        first_line: int,
+        lines: tuple[bytes, ...],
+        *,
+        index: int,
+        media_line: MediaLine,
+        connections: tuple[Connection, ...],
+        rtcp: RtcpAttribute | None,
+        rtcp_mux: bool,
+    ) -> None:
+        super().__init__(first_line, lines)
+        self.index = index
+        self.media_line = media_line
+        self.connections = connections  # media-level c= lines (several only for multicast)
+        self.rtcp = rtcp
+        self.rtcp_mux = rtcp_mux  # a=rtcp-mux present (RFC 5761 §5.1.1)
+
+    def _key(self) -> tuple[object, ...]:
+        return (
+            self.first_line,
+            self.lines,
+            self.index,
+            self.media_line,
+            self.connections,
+            self.rtcp,
+            self.rtcp_mux,
+        )
 
     @property
     def connection(self) -> Connection | None:
@@ -115,66 +182,98 @@ class MediaStream:
     disabled: bool
 
 
-@dataclass(frozen=True)
 class SessionDescription:
     """A parsed SDP body. Build it with `parse_sdp`; `lines` are the raw lines, terminators
     included, and are the whole truth: two descriptions are equal when their bytes are."""
 
-    lines: tuple[bytes, ...]
+    def __init__(self, lines: tuple[bytes, ...]) -> None:
+        self.lines = lines
+        self._layout: Layout | None = None
+        self._body: bytes | None = None
+        self._origin: Origin | None = None
+        self._session: SessionSection | None = None
+        self._media: tuple[MediaSection, ...] | None = None
+        self._streams: tuple[MediaStream, ...] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SessionDescription):
+            return NotImplemented
+        return self.lines == other.lines
+
+    def __hash__(self) -> int:
+        return hash(self.lines)
+
+    def __repr__(self) -> str:
+        return f"SessionDescription(lines={self.lines!r})"
 
     @classmethod
     def from_validated(cls, lines: tuple[bytes, ...], body: bytes) -> SessionDescription:
         """The description of `body` split into `lines`, its layout built (validated) now."""
         description = cls(lines)
-        # Seed the cached properties: the layout scan wants the body, and so does to_bytes.
-        description.__dict__["layout"] = build_layout(lines, body)
-        description.__dict__["_body"] = body
+        # The layout scan wants the body, and so does to_bytes.
+        description._layout = build_layout(lines, body)
+        description._body = body
         return description
 
-    @cached_property
+    @property
     def layout(self) -> Layout:
         """The line index used by views and rewrites (raises SdpParseError if invalid)."""
-        return build_layout(self.lines)
-
-    @cached_property
-    def _body(self) -> bytes:
-        return b"".join(self.lines)
+        layout = self._layout
+        if layout is None:
+            layout = self._layout = build_layout(self.lines)
+        return layout
 
     def to_bytes(self) -> bytes:
-        return self._body
+        body = self._body
+        if body is None:
+            body = self._body = b"".join(self.lines)
+        return body
 
     def __bytes__(self) -> bytes:
-        return self._body
+        return self.to_bytes()
 
     @property
     def line_ending(self) -> bytes:
         """CRLF, or LF if the first line used a bare LF; used for lines a rewrite inserts."""
         return self.layout.eol
 
-    @cached_property
+    @property
     def origin(self) -> Origin:
-        origin_line = self.layout.origin_line
-        return parse_origin(line_value(self.lines[origin_line]), origin_line + 1)
+        origin = self._origin
+        if origin is None:
+            origin_line = self.layout.origin_line
+            origin = parse_origin(line_value(self.lines[origin_line]), origin_line + 1)
+            self._origin = origin
+        return origin
 
-    @cached_property
+    @property
     def session(self) -> SessionSection:
-        layout = self.layout
-        section = layout.sections[0]
-        connection = section.connections[0] if section.connections else None
-        return SessionSection(0, self.lines[section.start : section.end], self.origin, connection)
+        session = self._session
+        if session is None:
+            section = self.layout.sections[0]
+            connection = section.connections[0] if section.connections else None
+            lines = self.lines[section.start : section.end]
+            session = self._session = SessionSection(0, lines, self.origin, connection)
+        return session
 
-    @cached_property
+    @property
     def media(self) -> tuple[MediaSection, ...]:
+        media = self._media
+        if media is None:
+            media = self._media = self._media_sections()
+        return media
+
+    def _media_sections(self) -> tuple[MediaSection, ...]:
         layout = self.layout
         return tuple(
             MediaSection(
                 section.start,
                 self.lines[section.start : section.end],
-                index,
-                media_line,
-                section.connections,
-                section.rtcp,
-                section.rtcp_mux,
+                index=index,
+                media_line=media_line,
+                connections=section.connections,
+                rtcp=section.rtcp,
+                rtcp_mux=section.rtcp_mux,
             )
             for index, (section, media_line) in enumerate(
                 zip(layout.sections[1:], layout.media_lines, strict=True)
@@ -221,11 +320,15 @@ class SessionDescription:
     def stream(self, index: int) -> MediaStream:
         return self.streams[index]
 
-    @cached_property
+    @property
     def streams(self) -> tuple[MediaStream, ...]:
         """Every stream, resolved once per description: the media core asks about the same
         offer and answer several times per call."""
-        return tuple(self._stream(index) for index in range(len(self.layout.media_lines)))
+        streams = self._streams
+        if streams is None:
+            count = len(self.layout.media_lines)
+            streams = self._streams = tuple(self._stream(index) for index in range(count))
+        return streams
 
     def _stream(self, index: int) -> MediaStream:
         media_line = self.layout.media_lines[index]
