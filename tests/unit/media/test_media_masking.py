@@ -8,6 +8,8 @@ is not a token we sealed under that key and kind restores to nothing and never r
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 import string
 import time
@@ -149,6 +151,10 @@ def test_the_token_key_is_not_the_group_key() -> None:
     assert a.key("c1@10.77.0.10", "a1") == b.key("c1@10.77.0.10", "a1")
     assert a.key("c1@10.77.0.10", "a1") != TokenTable(b"t" * 32).key("c1@10.77.0.10", "a1")
     assert a.key("c1@10.77.0.10", "a1") != a.key("c1@10.77.0.10", "a2")
+    # HMAC-SHA256 keyed by the secret, as it always was (group ids, agent choice)
+    joined = b"key\x00c1@10.77.0.10\x00a1"
+    assert a.key("c1@10.77.0.10", "a1") == hmac.new(SECRET, joined, hashlib.sha256).digest()
+    assert a.key("c1@10.77.0.10", "a1") == a.key("c1@10.77.0.10", "a1")  # the keyed MAC reused
 
 
 # Any text, lone surrogates included (the wire's undecodable bytes arrive as surrogate
