@@ -60,11 +60,20 @@ class IdempotencyCache(Generic[R]):
         self, owner: str, key: str | None, fingerprint: Hashable, result: R, now: float
     ) -> None:
         if key is not None:
+            # popped first, so the dict's order stays the order of the deadlines (all are
+            # `now + ttl`, on a clock that does not go back) and `expire` reads its front
+            self._entries.pop((owner, key), None)
             self._entries[(owner, key)] = _Entry(fingerprint, result, now + self._ttl)
 
     def expire(self, now: float) -> None:
-        for name in [k for k, e in self._entries.items() if e.expires_at <= now]:
-            del self._entries[name]
+        """Forget what expired: O(expired), not O(remembered) (an agent under load holds
+        ttl x operations/s records, and its timer calls this)."""
+        entries = self._entries
+        while entries:
+            name, entry = next(iter(entries.items()))
+            if entry.expires_at > now:
+                return
+            del entries[name]
 
     def forget_owner(self, owner: str) -> None:
         for name in [k for k in self._entries if k[0] == owner]:

@@ -67,6 +67,10 @@ from sipwall.heap import HeapPolicy
 
 log = logging.getLogger("sipwall.agent.service")
 
+# How often records kept by time (idempotency answers, port quarantine) are swept when
+# nothing else wakes the timer: memory and the store stay ~ttl x rate, not the run's total.
+RECORD_SWEEP_SECONDS = 10.0
+
 Results = tuple[f.BatchResult, ...]
 
 
@@ -99,7 +103,7 @@ class AgentService:
         self._probe = table_probe or engine.driver.table_exists
         self._epoch = recovery.epoch
         self._idem: IdempotencyCache[Results] = IdempotencyCache(settings.idempotency_ttl)
-        for record in recovery.idempotency:
+        for record in sorted(recovery.idempotency, key=lambda r: r.expires_at):
             results = tuple(
                 convert.batch_result_from_proto(r)
                 for r in pb.BatchResponse.FromString(record.result).results
@@ -118,6 +122,9 @@ class AgentService:
         self._tasks: list[asyncio.Task[None]] = []
         self._wakeup = asyncio.Event()
         self._scheduled = math.inf
+        # a short idempotency window (labs, tests) is swept within a quarter of it
+        self._sweep_every = min(RECORD_SWEEP_SECONDS, settings.idempotency_ttl / 4)
+        self._next_sweep = clock() + self._sweep_every
         self.rebuilds = 0  # times the table was rebuilt after vanishing
         self.heap = HeapPolicy()  # main installs it in the agent process (sipwall.heap)
         self._port_watch = PortWatch()
@@ -498,9 +505,9 @@ class AgentService:
 
     async def _timer_loop(self) -> None:
         next_observe = self._clock()
-        due = self.engine.next_timer()  # O(objects): computed once per round
+        due = self.next_timer()  # O(objects): computed once per round
         while True:
-            wake = min(next_observe, math.inf if due is None else due)
+            wake = min(next_observe, due)
             self._scheduled = wake
             delay = max(0.0, wake - self._clock())
             self._wakeup.clear()
@@ -517,14 +524,16 @@ class AgentService:
                     # A full counter dump is O(elements); with 100,000 pinholes it takes
                     # long enough to matter, so its duty cycle is capped at 20 %.
                     next_observe = self._clock() + max(self.settings.observe_interval, 4 * took)
-                due = self.engine.next_timer()
-                if due is not None and due <= self._clock():
+                if self._next_sweep <= self._clock():
+                    self.sweep_records(self._clock())
+                expiring = self.engine.next_timer()
+                if expiring is not None and expiring <= self._clock():
                     self.expire_now()
-                    due = self.engine.next_timer()
+                due = self.next_timer()
             except (AgentError, OSError):
                 log.exception("timer work failed; retrying in a second")
                 await asyncio.sleep(1.0)
-                due = self.engine.next_timer()
+                due = self.next_timer()
 
     async def _observe(self) -> None:
         """Kernel counters -> engine (last-seen, idle), changed ones -> store. The dump is
@@ -563,6 +572,22 @@ class AgentService:
                 )
             else:
                 log.info("%s; enough again", counts)
+
+    def next_timer(self) -> float:
+        """When the timer next has something to do: an object's deadline (`expire_now`),
+        or the next sweep of the records kept by time (`sweep_records`)."""
+        due = self.engine.next_timer()
+        return self._next_sweep if due is None else min(due, self._next_sweep)
+
+    def sweep_records(self, now: float) -> None:
+        """Forget idempotency records and quarantined ports whose time is over, in memory
+        and in the store. Calls released by their owner (the ALG's BYE) never expire, so
+        without this sweep the records of such calls were only forgotten when some other
+        object timed out: memory and the database grew with every call in between."""
+        self._idem.expire(now)
+        with self.store.transaction() as txn:
+            txn.prune(now)
+        self._next_sweep = now + self._sweep_every
 
     def expire_now(self) -> list[EngineEvent]:
         """Close what timed out or idled out; persist; tell the owners."""

@@ -63,9 +63,11 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS idempotency (
     owner TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, result BLOB NOT NULL,
     expires_at REAL NOT NULL, PRIMARY KEY (owner, key));
+CREATE INDEX IF NOT EXISTS idempotency_by_expiry ON idempotency (expires_at);
 CREATE TABLE IF NOT EXISTS quarantine (
     address TEXT NOT NULL, protocol TEXT NOT NULL, port INTEGER NOT NULL,
     deadline REAL NOT NULL, PRIMARY KEY (address, protocol, port));
+CREATE INDEX IF NOT EXISTS quarantine_by_deadline ON quarantine (deadline);
 """
 
 

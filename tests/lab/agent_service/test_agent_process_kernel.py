@@ -11,6 +11,7 @@ the moment of the change, never by sleeping.
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import time
 from typing import Any
@@ -183,3 +184,32 @@ def test_a_hung_agent_is_noticed_by_keepalive(agent_lab: Any) -> None:
         lab.agent.send_signal(signal.SIGCONT)
     assert got["error"] not in ("still open", "ended"), got
     assert got["seconds"] <= 1.0 + 1.0 + 1.5, got  # a ping interval, its timeout, slack
+
+
+def test_records_of_released_calls_leave_the_database_on_the_timer(agent_lab: Any) -> None:
+    """Calls released by their owner never expire, yet their idempotency answers and their
+    ports' quarantine must not stay in the agent's database (or memory) forever."""
+    lab = agent_lab
+    config = lab.workdir / "agent.toml"
+    text = config.read_text()
+    text = text.replace("[agent]\n", "[agent]\nidempotency_ttl = 2.0\n")
+    config.write_text(text.replace("[pool]\n", "[pool]\nquarantine = 1.0\n"))
+    lab.kill_agent(signal.SIGTERM)
+    lab.start_agent()
+    database = lab.workdir / "state" / "agent.db"
+
+    def rows(table: str) -> int:
+        with sqlite3.connect(database) as conn:
+            count: int = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        return count
+
+    for n in range(5):
+        lab.ok("reserve", group=f"c{n}", addr=INSIDE, port=4000 + 2 * n, lifetime=60, **ALG)
+        assert lab.ok("release_group", group=f"c{n}", **ALG) == {"bindings": 1, "rules": 0}
+    assert rows("idempotency") >= 10 and rows("quarantine") >= 10
+    wait_until(
+        lambda: rows("idempotency") == 0 and rows("quarantine") == 0,
+        10,
+        what="the agent's timer forgets the records of released calls",
+    )
+    assert "Traceback" not in lab.last_log()
