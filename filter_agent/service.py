@@ -67,9 +67,11 @@ from sipwall.heap import HeapPolicy
 
 log = logging.getLogger("sipwall.agent.service")
 
-# How often records kept by time (idempotency answers, port quarantine) are swept when
-# nothing else wakes the timer: memory and the store stay ~ttl x rate, not the run's total.
-RECORD_SWEEP_SECONDS = 10.0
+# How often records kept by time (idempotency answers, port quarantine) are swept, so
+# memory and the store stay ~ttl x rate, not the run's total. Each second, as the counters
+# are read: at 400 calls/s ~1,600 answers expire per second, and SQLite deletes them at
+# ~1.4 us a row, so a sweep holds the loop ~2 ms (every 10 s it would be ~23 ms at once).
+RECORD_SWEEP_SECONDS = 1.0
 
 Results = tuple[f.BatchResult, ...]
 
