@@ -528,10 +528,11 @@ class AgentService:
                     next_observe = self._clock() + max(self.settings.observe_interval, 4 * took)
                 if self._next_sweep <= self._clock():
                     self.sweep_records(self._clock())
-                expiring = self.engine.next_timer()
+                expiring = self.engine.next_timer()  # O(objects): once, twice if due
                 if expiring is not None and expiring <= self._clock():
                     self.expire_now()
-                due = self.next_timer()
+                    expiring = self.engine.next_timer()
+                due = self._with_sweep(expiring)
             except (AgentError, OSError):
                 log.exception("timer work failed; retrying in a second")
                 await asyncio.sleep(1.0)
@@ -578,8 +579,10 @@ class AgentService:
     def next_timer(self) -> float:
         """When the timer next has something to do: an object's deadline (`expire_now`),
         or the next sweep of the records kept by time (`sweep_records`)."""
-        due = self.engine.next_timer()
-        return self._next_sweep if due is None else min(due, self._next_sweep)
+        return self._with_sweep(self.engine.next_timer())
+
+    def _with_sweep(self, expiring: float | None) -> float:
+        return self._next_sweep if expiring is None else min(expiring, self._next_sweep)
 
     def sweep_records(self, now: float) -> None:
         """Forget idempotency records and quarantined ports whose time is over, in memory
