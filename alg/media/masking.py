@@ -131,8 +131,12 @@ def _base32_encode(data: bytes) -> str:
     pairs = _BASE32_PAIRS
     for start in range(0, len(data), 5):
         group = int.from_bytes(data[start : start + 5].ljust(5, b"\0"), "big")
-        out += (pairs[group >> 30], pairs[group >> 20 & 1023], pairs[group >> 10 & 1023])
-        out.append(pairs[group & 1023])
+        out += (
+            pairs[group >> 30],
+            pairs[group >> 20 & 1023],
+            pairs[group >> 10 & 1023],
+            pairs[group & 1023],
+        )
     return "".join(out)[: _base32_chars(len(data))]
 
 
@@ -312,10 +316,9 @@ class InsideNetworks:
     def __post_init__(self) -> None:
         versions = {net.version for net in self.networks}
         starts = _ipv4_starts(self.networks)
-        scanned = {6} if starts else {4, 6}
-        patterns = tuple(
-            p for v, p in ((4, _IPV4_RE), (6, _IPV6_RE)) if v in versions and v in scanned
-        )
+        if starts:
+            versions.discard(4)  # found by its first octets instead (`_find_ipv4`)
+        patterns = tuple(p for v, p in ((4, _IPV4_RE), (6, _IPV6_RE)) if v in versions)
         object.__setattr__(self, "_patterns", patterns)
         object.__setattr__(self, "_ipv4_starts", starts)
         object.__setattr__(self, "_verdicts", {})
@@ -352,21 +355,17 @@ class InsideNetworks:
         return None
 
     def _find_ipv4(self, data: bytes) -> str | None:
-        """The first inside IPv4 literal, looked for only where a first octet of ours starts
-        one: after neither a digit nor a dot, as the pattern's look-behind wants."""
+        """The first inside IPv4 literal, the pattern tried only where a first octet of ours
+        occurs (its look-behind still sees the byte before: "110." is no "10.")."""
         first: str | None = None
         first_at = len(data)
         for start in self._ipv4_starts:
             at = data.find(start)
             while 0 <= at < first_at:
-                before = data[at - 1] if at else 0
-                if not (48 <= before <= 57 or before == 46):  # not after a digit or "."
-                    match = _IPV4_RE.match(data, at)
-                    if match is not None:
-                        text = match.group(0).decode("ascii")
-                        if self.contains(text):
-                            first, first_at = text, at
-                            break
+                match = _IPV4_RE.match(data, at)
+                if match is not None and self.contains(text := match.group(0).decode("ascii")):
+                    first, first_at = text, at
+                    break
                 at = data.find(start, at + 1)
         return first
 

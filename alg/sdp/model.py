@@ -44,8 +44,6 @@ class _Section:
         self.first_line = first_line  # 0-based index of the section's first line in the whole
         self.lines = lines
         self._attributes: tuple[Attribute, ...] | None = None
-        self._direction_seen = False
-        self._direction: Direction | None = None
         self._ice: IceAttributes | None = None
 
     def _key(self) -> tuple[object, ...]:
@@ -85,10 +83,10 @@ class _Section:
     @property
     def direction(self) -> Direction | None:
         """The direction attribute written at this level, if any (RFC 3264 §5.1)."""
-        if not self._direction_seen:
-            self._direction = _direction_of(self.attributes)
-            self._direction_seen = True
-        return self._direction
+        for attribute in self.attributes:
+            if attribute.value is None and attribute.name in DIRECTIONS:
+                return DIRECTIONS[attribute.name]
+        return None
 
     @property
     def ice(self) -> IceAttributes:
@@ -100,13 +98,6 @@ class _Section:
                 for line_number, attribute in self._attribute_lines()
             )
         return ice
-
-
-def _direction_of(attributes: tuple[Attribute, ...]) -> Direction | None:
-    for attribute in attributes:
-        if attribute.value is None and attribute.name in DIRECTIONS:
-            return DIRECTIONS[attribute.name]
-    return None
 
 
 class SessionSection(_Section):
