@@ -586,9 +586,9 @@ class AgentService:
 
     def sweep_records(self, now: float) -> None:
         """Forget idempotency records and quarantined ports whose time is over, in memory
-        and in the store. Calls released by their owner (the ALG's BYE) never expire, so
-        without this sweep the records of such calls were only forgotten when some other
-        object timed out: memory and the database grew with every call in between."""
+        and in the store: the one place they are forgotten. Calls released by their owner
+        (the ALG's BYE) never expire, so this must not wait for an expiry: memory and the
+        database would grow with every call in between."""
         self._idem.expire(now)
         with self.store.transaction() as txn:
             txn.prune(now)
@@ -612,10 +612,8 @@ class AgentService:
             if isinstance(obj, m.Binding):
                 for r in by_binding.get(obj.id, []):
                     before[r.id] = r
-        with self.store.transaction() as txn:
+        with self.store.transaction() as txn:  # records kept by time: `sweep_records`
             mutations.persist(self.engine, txn, before, now + self.settings.quarantine)
-            txn.prune(now)
-        self._idem.expire(now)
         for event in events:
             rule = rules.get(event.object_id)
             kind = f.EventKind.IDLE if event.kind is EngineEventKind.IDLE else f.EventKind.EXPIRED
