@@ -454,10 +454,25 @@ class AlgShell:
         media = self.core.media
         if media is None:
             return
+        started = False
         for work in coalesce(media.take_actions()):
             task = self._loop.create_task(self._perform(work))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
+            started = True
+        if started and media.parked_count:
+            # After the tasks' first steps, which send the RPCs: what the parked messages
+            # need whatever the agent answers is done while it answers.
+            self._loop.call_soon(self._prepare_parked)
+
+    def _prepare_parked(self) -> None:
+        media = self.core.media
+        if media is None:
+            return
+        try:
+            media.prepare_parked(self._loop.time())
+        except Exception:  # the core must never crash the shell
+            log.exception("media core failed preparing parked messages")
 
     async def _perform(self, work: AgentAction | Batched) -> None:
         agent = work[0].agent if isinstance(work, tuple) else work.agent

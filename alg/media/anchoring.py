@@ -158,7 +158,14 @@ class Anchoring(Ledger):
     def _resolve(self, call: Call, parked: ParkedMessage, now: float) -> Resolution:
         try:
             data = self._render(
-                parked.msg, call, parked.sdp, parked.needs, parked.from_side, parked.to_side, now
+                parked.msg,
+                call,
+                parked.sdp,
+                parked.needs,
+                parked.from_side,
+                parked.to_side,
+                now,
+                parked.prepared,
             )
         except AlgError as exc:
             log.warning("refusing to forward: %s", exc)

@@ -18,7 +18,7 @@ nothing and are not checked.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -131,19 +131,18 @@ def check_media_source(
     source_host: str,
     *,
     trusted: tuple[TrustedPeer, ...] = (),
-    registered: Iterable[str] = (),
+    registered: Callable[[], Iterable[str]] | None = None,
 ) -> Forged | None:
-    """None if every media address of an inside SDP is allowed for this sender."""
+    """None if every media address of an inside SDP is allowed for this sender.
+    `registered` gives the addresses its contact registered from; it is a location
+    lookup, made only for an address that is neither the source nor a trusted subnet's
+    (most offers name their source)."""
     try:
         source = ipaddress.ip_address(source_host.strip("[]"))
     except ValueError:
         return Forged(-1, source_host)
     allowed = {source}
-    for text in registered:
-        try:
-            allowed.add(ipaddress.ip_address(text.strip("[]")))
-        except ValueError:
-            continue
+    looked_up = registered is None
     subnets = [net for peer in trusted if peer.address == source for net in peer.subnets]
     for index, text in media_addresses(sdp):
         try:
@@ -152,5 +151,20 @@ def check_media_source(
             return Forged(index, text)  # a name: cannot be checked, cannot be bound
         if address in allowed or any(address in net for net in subnets):
             continue
+        if not looked_up and registered is not None:
+            looked_up = True
+            allowed.update(_addresses(registered()))
+            if address in allowed:
+                continue
         return Forged(index, text)
     return None
+
+
+def _addresses(texts: Iterable[str]) -> set[IPAddress]:
+    out: set[IPAddress] = set()
+    for text in texts:
+        try:
+            out.add(ipaddress.ip_address(text.strip("[]")))
+        except ValueError:
+            continue
+    return out

@@ -85,6 +85,8 @@ class ParkedMessage:
     needs: NeedMap
     from_side: Side
     to_side: Side
+    # its header edits, made while the agent is asked (`MediaCore.prepare_parked`)
+    prepared: MessageEditor | None = None
 
 
 class Ledger:
@@ -236,10 +238,13 @@ class Ledger:
         from_side: Side,
         to_side: Side,
         now: float,
+        prepared: MessageEditor | None = None,
     ) -> bytes:
-        edit = MessageEditor(msg)
-        if call is not None and from_side != to_side:
-            self._timer_edits(edit, call)
+        """`msg` as it leaves: `prepared` holds its header edits when they were made
+        beforehand (`_edit_headers`); the SDP is anchored here, then the leak scan."""
+        edit = prepared
+        if edit is None:
+            edit = self._edit_headers(msg, call, from_side, to_side, now)
         outward = from_side == "inside" and to_side == "outside"
         if outward and sdp is not None and call is not None:
             bound = {
@@ -250,12 +255,23 @@ class Ledger:
             public = self._public(call)
             plan = anchor_plan(sdp, bound, public, strip_ice=self.config.hiding.strip_ice)  # type: ignore[arg-type]
             set_sdp(edit, anchored_sdp(sdp, plan, self.config.hiding.inside, public))
-        if outward:
-            hide_outbound(edit, self.tokens, self.vias, self.config.hiding, now)
         data = edit.apply()
         if to_side == "outside":
             check_no_leak(data, self.config.hiding.inside)
         return data
+
+    def _edit_headers(
+        self, msg: SipMessage, call: Call | None, from_side: Side, to_side: Side, now: float
+    ) -> MessageEditor:
+        """The header edits of `msg` (RFC 4028 fields; topology hiding when it goes
+        outside): none depends on the bindings, so a parked message gets them while the
+        agent is being asked. Span edits do not depend on their order, nor on the body."""
+        edit = MessageEditor(msg)
+        if call is not None and from_side != to_side:
+            self._timer_edits(edit, call)
+        if from_side == "inside" and to_side == "outside":
+            hide_outbound(edit, self.tokens, self.vias, self.config.hiding, now)
+        return edit
 
     def _timer_edits(self, edit: MessageEditor, call: Call) -> None:
         msg = edit.message

@@ -126,6 +126,7 @@ class Alg:
     performed: list[AgentAction] = field(default_factory=list)
     resolutions: list[Resolution] = field(default_factory=list)
     branch_number: int = 0
+    prepare: bool = False  # make parked messages' header edits before the agent answers
 
     def __post_init__(self) -> None:
         if not self.agents:
@@ -174,6 +175,8 @@ class Alg:
             now=self.now,  # type: ignore[arg-type]
         )
         self.resolutions += self.core.take_resolutions()  # what the crossing let go
+        if isinstance(outcome, Parked) and self.prepare:
+            self.core.prepare_parked(self.now)  # what the shell does while the RPC is out
         if isinstance(outcome, Parked):
             for res in self.pump():
                 if res.ticket == outcome.ticket:
