@@ -24,10 +24,12 @@ from fcp.errors import FcpError, Reason
 
 R = TypeVar("R")
 
-DEFAULT_TTL_SECONDS = 600.0
+# Five times the longest retry span of `fcp.client` (4 attempts of up to 5 s, backoff up
+# to 2 s): a retry is never later than that, and each remembered result costs memory.
+DEFAULT_TTL_SECONDS = 120.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per remembered operation: no __dict__ each
 class _Entry(Generic[R]):
     fingerprint: Hashable
     result: R

@@ -14,7 +14,10 @@ paths are relative to the directory of the configuration file.
     table_poll_interval how often the agent checks that its nftables table still exists,
                         seconds; a deleted table is rebuilt at the next poll. Default 0.25.
     idempotency_ttl     how long a request's idempotency key is remembered, seconds.
-                        Default 600.
+                        Default 120: five times the longest retry span of fcp.client
+                        (4 attempts, 5 s deadlines, backoff up to 2 s) and far beyond the
+                        ALG's; the agent keeps ~250 B per remembered operation, in memory
+                        and in its database, for this long.
     conntrack_dump_interval
                         the longest a released port-unknown flow's conntrack entry waits
                         for the dump that finds it (one walk of the host's whole conntrack
@@ -66,6 +69,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fcp.idempotency import DEFAULT_TTL_SECONDS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ELEMENT_WRITERS = ("netlink", "libnftables")
@@ -137,7 +142,7 @@ class AgentConfig:
     max_lifetime: float = 3600.0
     observe_interval: float = 1.0
     table_poll_interval: float = 0.25
-    idempotency_ttl: float = 600.0
+    idempotency_ttl: float = DEFAULT_TTL_SECONDS
     conntrack_dump_interval: float = 2.0
     latch: bool = True
     latch_queue: int = 5189
@@ -326,7 +331,9 @@ def parse(doc: Mapping[str, Any], base: Path) -> AgentConfig:
         max_lifetime=_number(agent, "agent", "max_lifetime", 3600.0, minimum=1.0),
         observe_interval=_number(agent, "agent", "observe_interval", 1.0, minimum=0.05),
         table_poll_interval=_number(agent, "agent", "table_poll_interval", 0.25, minimum=0.05),
-        idempotency_ttl=_number(agent, "agent", "idempotency_ttl", 600.0, minimum=1.0),
+        idempotency_ttl=_number(
+            agent, "agent", "idempotency_ttl", DEFAULT_TTL_SECONDS, minimum=1.0
+        ),
         conntrack_dump_interval=_number(
             agent, "agent", "conntrack_dump_interval", 2.0, minimum=0.0
         ),

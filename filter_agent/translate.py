@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -148,8 +149,10 @@ def enable_op(request: f.RuleRequest) -> ops.EnableRule:
 
 
 def fingerprint(request: object) -> str:
-    """What an idempotency key must be reused with: the request without its key. The repr
-    of these frozen values is deterministic and survives a restart (stored as text).
+    """What an idempotency key must be reused with: the request without its key, as the
+    hex digest of its repr (these frozen values' repr is deterministic and survives a
+    restart). A digest, not the repr itself: the agent keeps one per remembered operation,
+    in memory and in the store, and a repr is ~300-500 characters.
 
     The key is blanked on a shallow copy rather than with `dataclasses.replace`, which
     would run the validation in `__post_init__` again (it already ran when the request was
@@ -159,4 +162,20 @@ def fingerprint(request: object) -> str:
     ):
         request = copy.copy(request)
         object.__setattr__(request, "idempotency_key", None)  # a private copy, never shared
-    return repr(request)
+    return _digest(repr(request))
+
+
+def stored_fingerprint(text: str) -> str:
+    """A fingerprint read from the store: state databases written before fingerprints
+    were digests hold the repr itself, which becomes its digest."""
+    if len(text) == FINGERPRINT_LENGTH and all(c in _HEX for c in text):
+        return text
+    return _digest(text)
+
+
+FINGERPRINT_LENGTH = 32  # hex digits of a 128-bit BLAKE2b digest
+_HEX = frozenset("0123456789abcdef")
+
+
+def _digest(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from fcp.idempotency import DEFAULT_TTL_SECONDS
 from filter_agent.allocator import Allocator, PoolConfig
 from filter_agent.driver import NftDriver
 from filter_agent.engine import ConntrackFlusher, Engine, Limits
@@ -27,7 +28,7 @@ class ServiceSettings:
     max_lifetime: float = 3600.0
     observe_interval: float = 1.0
     table_poll_interval: float = 0.25
-    idempotency_ttl: float = 600.0
+    idempotency_ttl: float = DEFAULT_TTL_SECONDS
 
 
 class DryRun(DriverError):

@@ -123,6 +123,45 @@ async def test_restart_keeps_epoch_objects_and_idempotency(kernel: Kernel, db: P
         await second.close()
 
 
+async def test_a_retry_is_answered_from_memory_exactly_as_the_first_time(
+    kernel: Kernel, db: Path
+) -> None:
+    """The agent remembers an answer as the bytes it stores, and decodes them for a retry."""
+    service = kernel.open(db)
+    try:
+        first = await service.reserve_binding("alg-1", reserve("c1", 4000, key="k1"))
+        kernel.clock.advance(1)
+        assert await service.reserve_binding("alg-1", reserve("c1", 4000, key="k1")) == first
+        assert len(await service.list_bindings("alg-1")) == 1
+    finally:
+        await service.close()
+
+
+async def test_a_record_fingerprinted_before_digests_still_answers_its_retry(
+    kernel: Kernel, db: Path
+) -> None:
+    """State databases written before fingerprints were digests hold the request's repr
+    (what `fingerprint` hashes now): after the upgrade, a retry with that key gets its
+    first answer, and the same key with another request is still a CONFLICT."""
+    first = kernel.open(db)
+    original = await first.reserve_binding("alg-1", reserve("c1", 4000, key="k1"))
+    await first.close()
+    store = Store(db)
+    store._db.execute(
+        "UPDATE idempotency SET fingerprint = ?", (repr(reserve("c1", 4000, key=None)),)
+    )
+    store.close()
+    second = kernel.open(db)
+    try:
+        again = await second.reserve_binding("alg-1", reserve("c1", 4000, key="k1"))
+        assert again.binding_id == original.binding_id
+        with pytest.raises(FcpError) as refused:
+            await second.reserve_binding("alg-1", reserve("c1", 4002, key="k1"))
+        assert refused.value.reason is Reason.CONFLICT
+    finally:
+        await second.close()
+
+
 async def test_kernel_expiry_while_down_drops_only_what_is_gone(kernel: Kernel, db: Path) -> None:
     first = kernel.open(db)
     await populate(first)
