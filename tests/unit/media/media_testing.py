@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from alg.forwarding import build_forwarded, plan_routes, strip_top_via
@@ -85,6 +87,29 @@ def request(
     if body:
         head += "Content-Type: application/sdp\r\n"
     return head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def incoming_invite(port: int = 50000) -> bytes:
+    """Bob's INVITE to Alice from the outside, with his offer."""
+    return request(
+        "INVITE",
+        uri="sip:alice@10.77.0.10",
+        via="SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKb1",
+        from_="<sip:bob@203.0.113.20>;tag=b1",
+        to="<sip:alice@example.com>",
+        call_id="in-1@203.0.113.20",
+        contact="<sip:bob@203.0.113.20>",
+        body=sdp("203.0.113.20", port),
+    )
+
+
+async def until(what: str, probe: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for `probe()` to hold, polling it; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.001)  # polling the condition, bounded by the deadline
 
 
 def response(

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
-from media_testing import ALICE, BOB, Alg, Clock, backend, request, response, sdp
+from media_testing import ALICE, BOB, Alg, Clock, backend, request, response, sdp, until
 
 from alg.aio import AlgShell
 from alg.assemble import assemble
@@ -219,14 +219,6 @@ def _shell_config() -> object:
     )
 
 
-async def _until(what: str, probe: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.01)  # polling the condition, bounded by the deadline
-
-
 def test_the_shell_watches_every_agent_and_reopens_a_broken_stream() -> None:
     async def scenario() -> None:
         clock = time.time
@@ -243,19 +235,19 @@ def test_the_shell_watches_every_agent_and_reopens_a_broken_stream() -> None:
         await shell.start()
         try:
             stats = media.pool.stats
-            await _until(
+            await until(
                 "both streams started",
                 lambda: stats["gw1.event.watch_started"] == stats["gw2.event.watch_started"] == 1,
             )
             agents["gw1"].drain()
-            await _until("gw1 draining", lambda: media.pool.draining("gw1"))
+            await until("gw1 draining", lambda: media.pool.draining("gw1"))
             assert not media.pool.draining("gw2")
             assert services.counters()["agents"]["gw1"]["draining"] is True  # type: ignore[index]
 
             agents["gw2"].close()  # the agent ends its streams (it is stopping)
-            await _until("gw2's stream counted broken", lambda: stats["gw2.watch.broken"] == 1)
+            await until("gw2's stream counted broken", lambda: stats["gw2.watch.broken"] == 1)
             # ... and reopened after the backoff (the memory agent still serves)
-            await _until("gw2 reopened", lambda: stats["gw2.event.watch_started"] == 2)
+            await until("gw2 reopened", lambda: stats["gw2.event.watch_started"] == 2)
             assert stats["gw1.watch.broken"] == 0
         finally:
             await shell.close()

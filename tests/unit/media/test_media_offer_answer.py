@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from media_testing import ALICE, BOB, PUBLIC, Alg, request, response, sdp
+from media_testing import ALICE, BOB, PUBLIC, Alg, incoming_invite, request, response, sdp
 
 from alg.media.actions import Reject
 from alg.sdp import parse_sdp
@@ -112,17 +112,7 @@ def test_update_offer_answered_in_2xx(alg: Alg) -> None:
 
 
 def test_incoming_call_answer_from_inside_is_parked_and_anchored(alg: Alg) -> None:
-    invite = request(
-        "INVITE",
-        uri="sip:alice@10.77.0.10",
-        via="SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKb1",
-        from_="<sip:bob@203.0.113.20>;tag=b1",
-        to="<sip:alice@example.com>",
-        call_id="in-1@203.0.113.20",
-        contact="<sip:bob@203.0.113.20>",
-        body=sdp("203.0.113.20", 50000),
-    )
-    down = alg.forward_request(invite, BOB, ALICE)
+    down = alg.forward_request(incoming_invite(), BOB, ALICE)
     assert not isinstance(down, Reject)
     ok = response(down, 200, to_tag="a9", body=sdp(), contact="<sip:alice@10.77.0.10:5060>")
     up = alg.forward_response(ok, ALICE, BOB)

@@ -8,10 +8,20 @@ import asyncio
 import dataclasses
 import re
 import time
-from collections.abc import Callable
 from typing import Any
 
-from media_testing import ALICE, BOB, Alg, Clock, backend, request, response, sdp
+from media_testing import (
+    ALICE,
+    BOB,
+    Alg,
+    Clock,
+    backend,
+    incoming_invite,
+    request,
+    response,
+    sdp,
+    until,
+)
 
 from alg.aio import AlgShell
 from alg.assemble import assemble
@@ -48,17 +58,7 @@ def _call(alg: Alg) -> list[bytes | Reject]:
     assert not isinstance(again, Reject), again
     ok2 = response(again, 200, body=sdp("203.0.113.20", 50010, version=2))
     out.append(alg.forward_response(ok2, BOB, ALICE))
-    incoming = request(
-        "INVITE",
-        uri="sip:alice@10.77.0.10",
-        via="SIP/2.0/UDP 203.0.113.20:5060;branch=z9hG4bKb1",
-        from_="<sip:bob@203.0.113.20>;tag=b1",
-        to="<sip:alice@example.com>",
-        call_id="in-1@203.0.113.20",
-        contact="<sip:bob@203.0.113.20>",
-        body=sdp("203.0.113.20", 50020),
-    )
-    down = alg.forward_request(incoming, BOB, ALICE)
+    down = alg.forward_request(incoming_invite(50020), BOB, ALICE)
     assert not isinstance(down, Reject), down
     answer = response(down, 200, to_tag="a9", body=sdp(port=40020))
     out.append(alg.forward_response(answer, ALICE, BOB))
@@ -150,14 +150,6 @@ def _config() -> Any:
     return dataclasses.replace(config)
 
 
-async def _until(what: str, probe: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.001)  # polling the condition, bounded by the deadline
-
-
 def test_the_shell_prepares_a_parked_invite_while_its_reservation_is_in_flight() -> None:
     async def scenario() -> None:
         config = _config()
@@ -172,10 +164,10 @@ def test_the_shell_prepares_a_parked_invite_while_its_reservation_is_in_flight()
             shell.deliver(request("INVITE", body=sdp()), ALICE)
             assert media.stats["prepared"] == 0  # the reservation is not even sent yet
             await asyncio.wait_for(agent.asked.wait(), 5)
-            await _until("the parked INVITE prepared", lambda: media.stats["prepared"] == 1)
+            await until("the parked INVITE prepared", lambda: media.stats["prepared"] == 1)
             assert [s.to.side for s in sent] == ["inside"]  # 100 Trying; the INVITE waits
             agent.release.set()
-            await _until("the INVITE sent outside", lambda: len(sent) == 2)
+            await until("the INVITE sent outside", lambda: len(sent) == 2)
             invite = sent[1]
             assert invite.to.side == "outside" and invite.data.startswith(b"INVITE ")
             assert b"10.77." not in invite.data
