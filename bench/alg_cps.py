@@ -40,6 +40,10 @@ Every proxy gets the same scenario.
    INVITE (held for the reservation), 180, 200 (held for the enable). The anchoring cost
    is anchored minus plain, percentile by percentile (the runs are not paired call by
    call): anchoring_pdd_* on INVITE->180, anchoring_answer_* on INVITE->200.
+   `--fcp-breakdown` also captures the FCP connection on the gw's loopback (anchored runs
+   only, so it is off for the headline) and splits the anchored INVITE's time in the gw
+   at its Reserve: INVITE in -> Reserve sent (the ALG), -> its answer back (gRPC, TLS and
+   the agent), -> INVITE out (the ALG).
 
 Table columns: achieved cps; calls placed; failed calls (and %); retrans = sipp UAC
 retransmissions; unexp = unexpected/dead-call/out-of-call messages at the UAC; alg and
@@ -256,6 +260,10 @@ class Delays:
     gw_180: list[float] = field(default_factory=list)
     gw_200: list[float] = field(default_factory=list)
     uas: list[float] = field(default_factory=list)  # INVITE out gw-out -> 200 in gw-out
+    # --fcp-breakdown, anchored: the INVITE's time in the gw split at the FCP Reserve
+    fcp_pre: list[float] = field(default_factory=list)  # INVITE in -> Reserve sent
+    fcp_rpc: list[float] = field(default_factory=list)  # Reserve sent -> answer back
+    fcp_post: list[float] = field(default_factory=list)  # answer back -> INVITE out
     calls: int = 0
     failed: int = 0
     alg_cpu: float = 0.0
@@ -269,6 +277,9 @@ class Delays:
             "180 inside gw": self.gw_180,
             "200 inside gw": self.gw_200,
             "UAS (gw-out INVITE->200)": self.uas,
+            "INVITE in->Reserve out": self.fcp_pre,
+            "Reserve->answer (agent)": self.fcp_rpc,
+            "answer->INVITE out": self.fcp_post,
         }
 
 
@@ -287,6 +298,39 @@ def _gaps(a: Times, ea: str, b: Times, eb: str) -> list[float]:
     return [1000 * (b[(tag, eb)] - t) for (tag, e), t in a.items() if e == ea and (tag, eb) in b]
 
 
+# an FCP message of the Reserve or its answer, not an HTTP/2 WINDOW_UPDATE or PING (a
+# 13-17 byte frame in a TLS record of ~40 bytes)
+FCP_MESSAGE_BYTES = 80
+
+
+def fcp_split(
+    gw_in: Times, gw_out: Times, segments: list[anchor_lab.TcpSegment]
+) -> tuple[list[float], list[float], list[float]]:
+    """Milliseconds of each anchored INVITE in the gw, split at its Reserve: INVITE in ->
+    the first FCP message to the agent; -> the last one back before the INVITE leaves;
+    -> the INVITE out. Calls come 40 ms apart and the Reserve is the only operation an
+    INVITE waits for, so these are its request and answer (TLS hides the content)."""
+    port = anchor_lab.AGENT_PORT
+    big = [s for s in segments if s.length >= FCP_MESSAGE_BYTES]
+    to_agent = sorted(s.t for s in big if s.dport == port)
+    from_agent = sorted(s.t for s in big if s.sport == port)
+    pre: list[float] = []
+    rpc: list[float] = []
+    post: list[float] = []
+    for (tag, event), t_in in gw_in.items():
+        t_out = gw_out.get((tag, "INVITE"))
+        if event != "INVITE" or t_out is None:
+            continue
+        sent = next((t for t in to_agent if t_in <= t <= t_out), None)
+        back = [t for t in from_agent if sent is not None and sent <= t <= t_out]
+        if sent is None or not back:
+            continue
+        pre.append(1000 * (sent - t_in))
+        rpc.append(1000 * (back[-1] - sent))
+        post.append(1000 * (t_out - back[-1]))
+    return pre, rpc, post
+
+
 def delay_run(
     pl: ProxyLab,
     name: str,
@@ -296,6 +340,7 @@ def delay_run(
     spawned: list[int],
     into: Delays,
     rnd: int,
+    fcp: bool = False,
 ) -> None:
     peers = Peers(pl, name, _starter(name, QUARANTINE), spawned, logs_of=_logs)
     caps: list[tuple[subprocess.Popen[str], Path]] = []
@@ -309,6 +354,9 @@ def delay_run(
             anchor_lab.start_capture(pl, pl.gw, "gw-in", tag),
             anchor_lab.start_capture(pl, pl.gw, "gw-out", tag),
         ]
+        if fcp and "anchored" in name:  # the FCP connection, on the gw's loopback
+            port = anchor_lab.AGENT_PORT
+            caps.append(anchor_lab.start_capture(pl, pl.gw, "lo", tag, f"tcp port {port}"))
         spawned.extend(proc.pid for proc, _ in caps)
         proxy = peers.start()
         calls = max(1, round(rate * seconds))
@@ -333,6 +381,11 @@ def delay_run(
     into.gw_180 += _gaps(gw_out, "180", gw_in, "180")
     into.gw_200 += _gaps(gw_out, "200", gw_in, "200")
     into.uas += _gaps(gw_out, "INVITE", gw_out, "200")
+    if len(caps) > 3:
+        pre, rpc, post = fcp_split(gw_in, gw_out, anchor_lab.read_tcp_segments(caps[3][1]))
+        into.fcp_pre += pre
+        into.fcp_rpc += rpc
+        into.fcp_post += post
 
 
 def delay_report(results: dict[str, Delays]) -> list[str]:
@@ -342,6 +395,8 @@ def delay_report(results: dict[str, Delays]) -> list[str]:
     for label in Delays().series():
         for mode, d in results.items():
             v = d.series()[label]
+            if not v and label.startswith(("INVITE in->", "Reserve->", "answer->")):
+                continue  # the FCP split: anchored runs with --fcp-breakdown only
             lines.append(
                 f"{label:<26} {mode:<9} {len(v):>6} {pct(v, 50):>8.3f} {pct(v, 90):>8.3f} "
                 f"{pct(v, 99):>8.3f} {max(v, default=float('nan')):>8.3f}"
@@ -377,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quarantine", type=float, default=QUARANTINE, help="agent port quarantine"
     )
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the run's logs, stats, pcaps here")
+    parser.add_argument(
+        "--fcp-breakdown",
+        action="store_true",
+        help="capture the FCP connection too, and split the anchored INVITE at its Reserve "
+        "(one capture more in the anchored runs only: off for the headline)",
+    )
     args = parser.parse_args(argv)
     for tool in ("sipp", "dumpcap", *(["kamailio"] if args.kamailio_cps is None else [])):
         if shutil.which(tool) is None and not (tool == "kamailio" and args.quick):
@@ -438,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                     spawned=spawned,
                     into=delays[mode],
                     rnd=rnd,
+                    fcp=args.fcp_breakdown,
                 )
 
     run = cps_bench.run_in_lab(

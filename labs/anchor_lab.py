@@ -299,13 +299,14 @@ def stop_quietly(proc: subprocess.Popen[str]) -> None:
 
 
 def start_capture(
-    pl: ProxyLab, ns: str, ifname: str, tag: str
+    pl: ProxyLab, ns: str, ifname: str, tag: str, capture_filter: str = "udp port 5060"
 ) -> tuple[subprocess.Popen[str], Path]:
-    """`dumpcap` on one lab interface, SIP port only, classic pcap (kernel timestamps)."""
+    """`dumpcap` on one lab interface, SIP port only unless `capture_filter` says
+    otherwise, classic pcap (kernel timestamps)."""
     path = pl.workdir / f"{tag}-{ifname}.pcap"
     log = pl.workdir / f"{tag}-{ifname}.dumpcap.log"
     offset = log.stat().st_size if log.exists() else 0
-    argv = ["dumpcap", "-i", ifname, "-f", "udp port 5060", "-P", "-q", "-B", "32", "-w", str(path)]
+    argv = ["dumpcap", "-i", ifname, "-f", capture_filter, "-P", "-q", "-B", "32", "-w", str(path)]
     proc = spawn_logged(pl.lab, ns, argv, log)
 
     def ready() -> bool:
@@ -363,9 +364,38 @@ def _sip(payload: bytes) -> tuple[str, str, str] | None:
     return lines[0], from_tag, cseq
 
 
-def read_pcap(path: Path) -> list[SipPacket]:
-    """The SIP datagrams (IPv4/UDP over Ethernet) of a classic pcap file."""
-    import ipaddress
+@dataclass(frozen=True)
+class TcpSegment:
+    """One TCP segment that carries data (IPv4 over Ethernet or loopback)."""
+
+    t: float
+    sport: int
+    dport: int
+    length: int  # bytes of TCP payload
+
+
+def read_tcp_segments(path: Path) -> list[TcpSegment]:
+    """The TCP segments with a payload in a classic pcap file (pure ACKs left out)."""
+    import struct
+
+    out: list[TcpSegment] = []
+    for t, ip in _ipv4_frames(path):
+        if len(ip) < 20 or ip[9] != 6:
+            continue
+        ihl = (ip[0] & 0x0F) * 4
+        total = struct.unpack("!H", ip[2:4])[0]
+        tcp = ip[ihl:]
+        if len(tcp) < 20:
+            continue
+        sport, dport = struct.unpack("!HH", tcp[:4])
+        length = total - ihl - (tcp[12] >> 4) * 4
+        if length > 0:
+            out.append(TcpSegment(t, sport, dport, length))
+    return out
+
+
+def _ipv4_frames(path: Path) -> list[tuple[float, bytes]]:
+    """(time, IPv4 packet) of each frame of a classic pcap file."""
     import struct
 
     try:
@@ -379,14 +409,25 @@ def read_pcap(path: Path) -> list[SipPacket]:
     link_len = {1: 14, 113: 16}.get(linktype)
     if link_len is None:
         raise ValueError(f"{path}: link type {linktype} not handled")
-    packets: list[SipPacket] = []
+    frames: list[tuple[float, bytes]] = []
     pos = 24
     while pos + 16 <= len(data):
         sec, frac, caplen, _ = struct.unpack(order + "IIII", data[pos : pos + 16])
         frame = data[pos + 16 : pos + 16 + caplen]
         pos += 16 + caplen
         ip = frame[link_len:]
-        if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
+        if ip and ip[0] >> 4 == 4:
+            frames.append((sec + frac * unit, ip))
+    return frames
+
+
+def read_pcap(path: Path) -> list[SipPacket]:
+    """The SIP datagrams (IPv4/UDP over Ethernet) of a classic pcap file."""
+    import ipaddress
+
+    packets: list[SipPacket] = []
+    for t, ip in _ipv4_frames(path):
+        if len(ip) < 20 or ip[9] != 17:
             continue
         udp = ip[(ip[0] & 0x0F) * 4 :]
         parsed = _sip(udp[8:])
@@ -394,7 +435,7 @@ def read_pcap(path: Path) -> list[SipPacket]:
             continue
         src = str(ipaddress.IPv4Address(ip[12:16]))
         dst = str(ipaddress.IPv4Address(ip[16:20]))
-        packets.append(SipPacket(sec + frac * unit, src, dst, *parsed))
+        packets.append(SipPacket(t, src, dst, *parsed))
     return packets
 
 

@@ -1,6 +1,7 @@
 """Smoke run of bench/alg_cps.py: the sipwall ALG with media anchored through the real
 filter agent, between two sipp in the namespace lab, 20 calls/s for 3 s, plus a short
-setup-delay run (plain and anchored, with packet captures). Every call must succeed and
+setup-delay run (plain and anchored, with packet captures, the FCP connection's too).
+Every call must succeed, every anchored INVITE's time must split at its Reserve, and
 the run must leave nothing behind: no binding or pinhole in the agent (asked before the
 lab goes), none of its namespaces, none of the processes it started."""
 
@@ -15,7 +16,7 @@ import pytest
 @pytest.mark.netns
 @pytest.mark.peers
 def test_anchored_quick_run_all_calls_succeed_and_nothing_is_left(run_bench: Any) -> None:
-    run = run_bench("alg_cps.py", "--quick")
+    run = run_bench("alg_cps.py", "--quick", "--fcp-breakdown")
     out = run.out
 
     (row,) = run.table("sipwall-anchored")
@@ -31,6 +32,10 @@ def test_anchored_quick_run_all_calls_succeed_and_nothing_is_left(run_bench: Any
         assert re.search(rf"^{mode}: 40 calls, 0 failed;", out, re.M), out
         for label in ("INVITE->180 at UAC \\(PDD\\)", "INVITE inside gw", "200 inside gw"):
             assert re.search(rf"^{label}\s+{mode}\s+40 ", out, re.M), out
+    # every anchored INVITE split at its Reserve (the FCP capture): none unmatched
+    for label in ("INVITE in->Reserve out", "Reserve->answer \\(agent\\)", "answer->INVITE out"):
+        assert re.search(rf"^{label}\s+anchored\s+40 ", out, re.M), out
+        assert not re.search(rf"^{label}\s+plain", out, re.M), out
     float(run.value("anchoring_pdd_p50_ms"))
     float(run.value("anchoring_pdd_p99_ms"))
     assert run.last_line().startswith("alg_cps_anchored_vs_kamailio: n/a")
