@@ -279,6 +279,9 @@ class AlgShell:
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._pending: set[asyncio.Task[None]] = set()
+        # what a datagram's core call sent while its RPCs go out first (`deliver`); sent
+        # before anything else is (`_dispatch`), so the order on the wire is the core's
+        self._held: list[Send] = []
 
     async def start(self) -> None:
         if self.affinity is not None:  # listening before any datagram can be handed to us
@@ -432,7 +435,17 @@ class AlgShell:
         except Exception:  # the core must never crash the shell; log and go on
             log.exception("core failed on a message from %s", source)
             return
+        if self._start_media_actions(first=self._release_held):
+            # An anchored offer: its Reserve leaves before the 100 Trying and the timer's
+            # re-arming (~0.05-0.1 ms of a cold CPU, part of the setup delay), which wait
+            # for the tasks' first steps (the RPCs written), in the same order.
+            self._held.extend(sends)
+            return
         self._dispatch(sends)
+        self._after_core()
+
+    def _release_held(self) -> None:
+        self._dispatch([])  # sends what is held
         self._after_core()
 
     def _start_lookups(self) -> None:
@@ -450,20 +463,25 @@ class AlgShell:
         self._dispatch(self.core.resume_lookup(uri, self._loop.time()))
         self._after_core()
 
-    def _start_media_actions(self) -> None:
+    def _start_media_actions(self, first: Callable[[], None] | None = None) -> bool:
+        """A task per agent action (their first steps send the RPCs, at the loop's next
+        turn); then `first`, and the parked messages' preparation. True if any started."""
         media = self.core.media
         if media is None:
-            return
+            return False
         started = False
         for work in coalesce(media.take_actions()):
             task = self._loop.create_task(self._perform(work))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             started = True
+        if started and first is not None:
+            self._loop.call_soon(first)
         if started and media.parked_count:
             # After the tasks' first steps, which send the RPCs: what the parked messages
             # need whatever the agent answers is done while it answers.
             self._loop.call_soon(self._prepare_parked)
+        return started
 
     def _prepare_parked(self) -> None:
         media = self.core.media
@@ -523,6 +541,9 @@ class AlgShell:
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _dispatch(self, sends: list[Send]) -> None:
+        if self._held:
+            held, self._held = self._held, []
+            sends = held + sends
         for send in sends:
             target = send.to
             if not _is_address(target.host):

@@ -126,14 +126,18 @@ class _Recording(asyncio.DatagramTransport):
 
 
 class _HeldAgent(OwnedBackend):
-    """Answers a reservation only once `release` is set (an RPC in flight)."""
+    """Answers a reservation only once `release` is set (an RPC in flight); notes what the
+    ALG had sent when it was asked."""
 
-    def __init__(self, *args: Any) -> None:
+    def __init__(self, sent: list[Send], *args: Any) -> None:
         super().__init__(*args)
+        self.sent = sent
+        self.sent_when_asked: list[Send] | None = None
         self.asked = asyncio.Event()
         self.release = asyncio.Event()
 
     async def reserve_binding(self, request: BindingRequest) -> Binding:
+        self.sent_when_asked = list(self.sent)
         self.asked.set()
         await self.release.wait()
         return await super().reserve_binding(request)
@@ -150,20 +154,22 @@ def _config() -> Any:
     return dataclasses.replace(config)
 
 
-def test_the_shell_prepares_a_parked_invite_while_its_reservation_is_in_flight() -> None:
+def test_the_shell_sends_the_reserve_first_and_prepares_the_invite_while_it_is_out() -> None:
     async def scenario() -> None:
         config = _config()
         services = assemble(config)
         media = services.core.media
         assert media is not None
-        agent = _HeldAgent(backend(time.time), OWNER)  # type: ignore[arg-type]
-        shell = AlgShell(config, services.core, agents={"gw1": agent})
         sent: list[Send] = []
+        agent = _HeldAgent(sent, backend(time.time), OWNER)  # type: ignore[arg-type]
+        shell = AlgShell(config, services.core, agents={"gw1": agent})
         shell.udp = {"inside": _Recording(sent, "inside"), "outside": _Recording(sent, "outside")}
         try:
             shell.deliver(request("INVITE", body=sdp()), ALICE)
             assert media.stats["prepared"] == 0  # the reservation is not even sent yet
+            assert sent == []  # nor the 100 Trying: the Reserve goes first
             await asyncio.wait_for(agent.asked.wait(), 5)
+            assert agent.sent_when_asked == []
             await until("the parked INVITE prepared", lambda: media.stats["prepared"] == 1)
             assert [s.to.side for s in sent] == ["inside"]  # 100 Trying; the INVITE waits
             agent.release.set()
@@ -173,6 +179,34 @@ def test_the_shell_prepares_a_parked_invite_while_its_reservation_is_in_flight()
             assert b"10.77." not in invite.data
             [binding] = await agent.backend.list_bindings(OWNER)
             assert f"m=audio {binding.external_ports[0]} ".encode() in invite.data
+        finally:
+            await shell.close()
+            services.close()
+
+    asyncio.run(scenario())
+
+
+def test_what_the_shell_holds_for_a_reserve_leaves_before_what_it_sends_next() -> None:
+    async def scenario() -> None:
+        config = _config()
+        services = assemble(config)
+        sent: list[Send] = []
+        agent = _HeldAgent(sent, backend(time.time), OWNER)  # type: ignore[arg-type]
+        shell = AlgShell(config, services.core, agents={"gw1": agent})
+        shell.udp = {"inside": _Recording(sent, "inside"), "outside": _Recording(sent, "outside")}
+        malformed = (
+            b"OPTIONS sip:bob@203.0.113.20 SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 10.77.0.11:5060;branch=z9hG4bKq\r\nContent-Length: 0\r\n\r\n"
+        )
+        try:
+            shell.deliver(request("INVITE", body=sdp()), ALICE)  # its 100 Trying is held
+            shell.deliver(malformed, ALICE)  # answered at once, statelessly
+            assert [s.data.split(b"\r\n", 1)[0][:11] for s in sent] == [
+                b"SIP/2.0 100",
+                b"SIP/2.0 400",
+            ]
+            agent.release.set()
+            await until("the INVITE sent outside", lambda: len(sent) == 3)
         finally:
             await shell.close()
             services.close()
