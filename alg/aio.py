@@ -430,15 +430,23 @@ class AlgShell:
     # --- core glue ----------------------------------------------------------------
 
     def deliver(self, data: bytes, source: Endpoint) -> None:
+        media = self.core.media
+        parked = media.stats["parked"] if media is not None else 0
         try:
             sends = self.core.receive(data, source, self._loop.time())
         except Exception:  # the core must never crash the shell; log and go on
             log.exception("core failed on a message from %s", source)
             return
-        if self._start_media_actions(first=self._release_held):
-            # An anchored offer: its Reserve leaves before the 100 Trying and the timer's
-            # re-arming (~0.05-0.1 ms of a cold CPU, part of the setup delay), which wait
-            # for the tasks' first steps (the RPCs written), in the same order.
+        if (
+            media is not None
+            and media.stats["parked"] != parked
+            and self._start_media_actions(first=self._release_held)
+        ):
+            # A message parked for the agent (an anchored offer): its Reserve leaves before
+            # the 100 Trying and the timer's re-arming (~0.05-0.1 ms of a cold CPU, part of
+            # the setup delay), which wait for the tasks' first steps (the RPCs written),
+            # in the same order. What is not parked (a 200 whose pinholes are being
+            # enabled) leaves at once, before the RPCs, as it did.
             self._held.extend(sends)
             return
         self._dispatch(sends)

@@ -212,3 +212,32 @@ def test_what_the_shell_holds_for_a_reserve_leaves_before_what_it_sends_next() -
             services.close()
 
     asyncio.run(scenario())
+
+
+def test_an_answer_whose_pinholes_are_being_enabled_leaves_at_once() -> None:
+    """Only a parked message's sends wait for its RPCs: a 2xx is forwarded while the
+    pinholes its answer needs are enabled, and must not wait for that RPC's write."""
+
+    async def scenario() -> None:
+        config = _config()
+        services = assemble(config)
+        sent: list[Send] = []
+        agent = _HeldAgent(sent, backend(time.time), OWNER)  # type: ignore[arg-type]
+        agent.release.set()  # reservations answer at once
+        shell = AlgShell(config, services.core, agents={"gw1": agent})
+        shell.udp = {"inside": _Recording(sent, "inside"), "outside": _Recording(sent, "outside")}
+        try:
+            shell.deliver(request("INVITE", body=sdp()), ALICE)
+            await until("the INVITE sent outside", lambda: len(sent) == 2)
+            ok = response(sent[1].data, 200, body=sdp("203.0.113.20", 50000))
+            shell.deliver(ok, BOB)
+            assert [s.data[:11] for s in sent[2:]] == [b"SIP/2.0 200"]  # before the loop turns
+            deadline = time.monotonic() + 5
+            while not await agent.backend.list_rules(OWNER):  # the answer's pinhole
+                assert time.monotonic() < deadline, "no pinhole enabled"
+                await asyncio.sleep(0.001)  # polling the condition, bounded by the deadline
+        finally:
+            await shell.close()
+            services.close()
+
+    asyncio.run(scenario())
