@@ -64,6 +64,7 @@ and the agent's logs.
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import re
 import shutil
@@ -321,13 +322,17 @@ def fcp_split(
         t_out = gw_out.get((tag, "INVITE"))
         if event != "INVITE" or t_out is None:
             continue
-        sent = next((t for t in to_agent if t_in <= t <= t_out), None)
-        back = [t for t in from_agent if sent is not None and sent <= t <= t_out]
-        if sent is None or not back:
+        i = bisect.bisect_left(to_agent, t_in)  # the first message after it arrived
+        if i == len(to_agent) or to_agent[i] > t_out:
             continue
+        sent = to_agent[i]
+        j = bisect.bisect_right(from_agent, t_out) - 1  # the last one back before it left
+        if j < 0 or from_agent[j] < sent:
+            continue
+        back = from_agent[j]
         pre.append(1000 * (sent - t_in))
-        rpc.append(1000 * (back[-1] - sent))
-        post.append(1000 * (t_out - back[-1]))
+        rpc.append(1000 * (back - sent))
+        post.append(1000 * (t_out - back))
     return pre, rpc, post
 
 

@@ -16,8 +16,8 @@ paths are relative to the directory of the configuration file.
     idempotency_ttl     how long a request's idempotency key is remembered, seconds.
                         Default 120: five times the longest retry span of fcp.client
                         (4 attempts, 5 s deadlines, backoff up to 2 s) and far beyond the
-                        ALG's; the agent keeps ~250 B per remembered operation, in memory
-                        and in its database, for this long.
+                        ALG's; the agent keeps ~0.7 KB per remembered operation, in memory
+                        and in its database, for this long (bench/agent_records.py).
     conntrack_dump_interval
                         the longest a released port-unknown flow's conntrack entry waits
                         for the dump that finds it (one walk of the host's whole conntrack

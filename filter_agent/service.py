@@ -111,7 +111,7 @@ class AgentService:
         self._probe = table_probe or engine.driver.table_exists
         self._epoch = recovery.epoch
         # Remembered answers are kept as the bytes the store keeps (~150 B), decoded only
-        # when a retry comes: as objects they took ~1.4 KB each, and an agent at 400 cps
+        # when a retry comes: as objects they took ~1 KB each, and an agent at 400 cps
         # remembers ~1,200 operations a second for the whole window.
         self._idem: IdempotencyCache[bytes] = IdempotencyCache(settings.idempotency_ttl)
         for record in sorted(recovery.idempotency, key=lambda r: r.expires_at):

@@ -142,7 +142,7 @@ def check_media_source(
     except ValueError:
         return Forged(-1, source_host)
     allowed = {source}
-    looked_up = registered is None
+    lookup = registered  # made once, at the first address that needs it
     subnets = [net for peer in trusted if peer.address == source for net in peer.subnets]
     for index, text in media_addresses(sdp):
         try:
@@ -151,9 +151,9 @@ def check_media_source(
             return Forged(index, text)  # a name: cannot be checked, cannot be bound
         if address in allowed or any(address in net for net in subnets):
             continue
-        if not looked_up and registered is not None:
-            looked_up = True
-            allowed.update(_addresses(registered()))
+        if lookup is not None:
+            allowed.update(_addresses(lookup()))
+            lookup = None
             if address in allowed:
                 continue
         return Forged(index, text)

@@ -5,6 +5,7 @@ event loop, which MemoryBackend allows because it never really awaits)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import time
 from collections.abc import Callable
@@ -103,13 +104,18 @@ def incoming_invite(port: int = 50000) -> bytes:
     )
 
 
-async def until(what: str, probe: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for `probe()` to hold, polling it; fail after `timeout` seconds."""
+async def until(what: str, probe: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait for `probe()` to be true (awaited first if it is awaitable), polling it; fail
+    after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not probe():
+    while not await _value(probe()):
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}")
         await asyncio.sleep(0.001)  # polling the condition, bounded by the deadline
+
+
+async def _value(got: object) -> object:
+    return await got if inspect.isawaitable(got) else got
 
 
 def response(
