@@ -78,17 +78,38 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def context_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of `pid`'s live threads, from /proc: each is
+    a hand-off between threads or processes, which gRPC's I/O threads multiply
+    (fcp.grpc_runtime)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        for line in status.splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split()[1])
+    return total
+
+
 class CpuMeter:
-    """CPU per operation of the agent and of this (client) process over one phase."""
+    """CPU and context switches per operation of the agent, and CPU of this (client)
+    process, over one phase."""
 
     def __init__(self, agent_pid: int) -> None:
         self.agent_pid = agent_pid
         self.agent = cpu_seconds(agent_pid)
+        self.switches = context_switches(agent_pid)
         self.client = time.process_time()
 
     def per_op_ms(self, ops: int) -> tuple[float, float]:
         agent = (cpu_seconds(self.agent_pid) - self.agent) * 1000 / ops
         return agent, (time.process_time() - self.client) * 1000 / ops
+
+    def switches_per_op(self, ops: int) -> float:
+        return (context_switches(self.agent_pid) - self.switches) / ops
 
 
 async def client_main(
@@ -164,10 +185,12 @@ async def client_main(
         meter = CpuMeter(agent_pid)
         await open_loop(one)
         pair_cpu, pair_client_cpu = meter.per_op_ms(count)
+        pair_switches = meter.switches_per_op(2 * count)
         p50, p99, top = percentiles(latencies)
         print(f"reserve+enable round trips on the Exchange stream: {count} at {rate:.0f}/s")
         print(f"  p50 {p50:.3f} ms  p99 {p99:.3f} ms  max {top:.3f} ms")
         print(f"  CPU per pair: agent {pair_cpu:.3f} ms, client {pair_client_cpu:.3f} ms")
+        print(f"  agent context switches per operation: {pair_switches:.1f}")
         # The same pair as two unary RPCs (a client with exchange=False): what the
         # Exchange stream saves.
         async with FcpClient(
@@ -192,8 +215,10 @@ async def client_main(
             floor.append(time.perf_counter() - start)
         fp50, _fp99, _ftop = percentiles(floor)
         floor_cpu, floor_client_cpu = meter.per_op_ms(500)
+        floor_switches = meter.switches_per_op(1000)
         print(f"  floor: two no-op RPCs (GetExternalAddress) p50 {fp50:.3f} ms")
         print(f"  CPU per no-op pair: agent {floor_cpu:.3f} ms, client {floor_client_cpu:.3f} ms")
+        print(f"  agent context switches per no-op RPC: {floor_switches:.1f}")
         inside2 = ipaddress.IPv4Address("10.77.0.11")
         batch_latencies: list[float] = []
         meter = CpuMeter(agent_pid)
@@ -322,6 +347,10 @@ def main() -> int:
         "--client", nargs=3, metavar=("TARGET", "PKI", "AGENT_PID"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    # gRPC as the `sipwall` command runs it, here and in the processes started from here.
+    from fcp import grpc_runtime
+
+    grpc_runtime.configure()
     if args.client:
         asyncio.run(
             client_main(

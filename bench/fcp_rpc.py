@@ -18,11 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from fcp.certs import generate_lab_pki, write_lab_pki
-from fcp.client import ClientTls, FcpClient
-from fcp.memory_backend import MemoryBackend, MemoryBackendConfig
-from fcp.server import FcpServer, ServerConfig, ServerTls
-from fcp.types import (
+from fcp import grpc_runtime
+
+grpc_runtime.configure()  # before grpc is imported, as the `sipwall` command does
+
+from fcp.certs import generate_lab_pki, write_lab_pki  # noqa: E402
+from fcp.client import ClientTls, FcpClient  # noqa: E402
+from fcp.memory_backend import MemoryBackend, MemoryBackendConfig  # noqa: E402
+from fcp.server import FcpServer, ServerConfig, ServerTls  # noqa: E402
+from fcp.types import (  # noqa: E402
     BindingKind,
     BindingRequest,
     Direction,

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from fcp import grpc_runtime
 from sipwall import __version__, compiled
 
 # subcommand -> (module, summary). The module must define `main(argv: list[str]) -> int`.
@@ -48,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     module_name, _ = entry
+    grpc_runtime.configure()  # before any subcommand imports grpc
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

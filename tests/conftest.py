@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from fcp import grpc_runtime
 from sipwall import compiled
 
 if os.environ.get("SIPWALL_INTERPRETED", "") not in {"", "0"}:
@@ -48,6 +49,9 @@ def _gate(item: pytest.Item, name: str, capability: Capability) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     # `kill <pytest>` tears the labs down as Ctrl-C does (labs.signals).
     terminate_like_ctrl_c()
+    # In-process servers and clients run gRPC as the `sipwall` command does; the test
+    # modules, which import grpc, are collected after this hook.
+    grpc_runtime.configure()
     old = compiled.stale() if compiled.active() else []  # the interpreted pass loads none
     if old:
         raise pytest.UsageError(
