@@ -23,10 +23,11 @@ for an RCU grace period (see conntrack.py), so the socket lives as long as the d
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import socket
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from filter_agent.errors import DriverError
@@ -138,41 +139,82 @@ class _Concat:
         self.kinds = tuple(kinds)
         self._struct = struct.Struct(">" + "".join(_FORMATS[kind] for kind in kinds))
         self._convert = tuple(_CONVERT[kind] for kind in kinds)
+        self.size = self._struct.size
 
     def pack(self, value: Any) -> bytes:
-        parts = value.get("concat") if isinstance(value, Mapping) else None
+        parts = value.get("concat") if isinstance(value, dict) else None
         if not isinstance(parts, list) or len(parts) != len(self.kinds):
             raise NotElements(f"expected a concatenation of {len(self.kinds)} fields: {value!r}")
         try:
-            return self._struct.pack(
-                *[convert(part) for convert, part in zip(self._convert, parts, strict=True)]
-            )
+            # (the lengths are equal: checked above)
+            return self._struct.pack(*map(operator.call, self._convert, parts))
         except struct.error as exc:  # a port or protocol out of range
             raise NotElements(f"{parts!r}: {exc}") from None
 
 
-_KEYS = {name: _Concat(kinds) for name, kinds in SET_TYPES.items()}
-_DATA = {name: _Concat(kinds) for name, kinds in MAP_DATA.items()}
+class _SetCodec:
+    """One set's element encoding. Every field is a whole number of registers, so an
+    element's attribute sizes depend only on which parts it has (timeout, data): their
+    headers are made once here, and an element costs its value packs and one join. Each
+    call setup encodes about six elements; the generic nesting cost ~6 µs each."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.key = _Concat(SET_TYPES[name])
+        self.data = _Concat(MAP_DATA[name]) if name in MAP_DATA else None
+        self._key_head = self._value_head(NFTA_SET_ELEM_KEY, self.key)
+        self._data_head = (
+            b"" if self.data is None else self._value_head(NFTA_SET_ELEM_DATA, self.data)
+        )
+        key_size = len(self._key_head) + self.key.size
+        data_size = 0 if self.data is None else len(self._data_head) + self.data.size
+        timeout_size = _ATTR.size + _TIMEOUT.size
+        # (has timeout, has data) -> the list element's header
+        self._heads = {
+            (t, d): _ATTR.pack(
+                _ATTR.size + key_size + t * timeout_size + d * data_size,
+                NFTA_LIST_ELEM | NLA_F_NESTED,
+            )
+            for t in (False, True)
+            for d in (False, True)
+        }
+
+    @staticmethod
+    def _value_head(kind: int, concat: _Concat) -> bytes:
+        """The headers of `kind` { NFTA_DATA_VALUE <concat> }."""
+        inner = _ATTR.size + concat.size
+        return _ATTR.pack(_ATTR.size + inner, kind | NLA_F_NESTED) + _ATTR.pack(
+            inner, NFTA_DATA_VALUE
+        )
+
+    def element(self, raw: Any) -> bytes:
+        data = None
+        if isinstance(raw, list):  # a map element: [key, data]
+            if len(raw) != 2 or self.data is None:
+                raise NotElements(f"not an element of {self.name}: {raw!r}")
+            raw, data = raw
+        timeout = None
+        if isinstance(raw, dict) and "elem" in raw:
+            timeout = raw["elem"].get("timeout")
+            raw = raw["elem"].get("val")
+        parts = [b"", self._key_head, self.key.pack(raw)]
+        if timeout is not None:
+            if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+                raise NotElements(f"not a timeout in seconds: {timeout!r}")
+            parts += (_TIMEOUT_HEAD, _TIMEOUT.pack(timeout * 1000))
+        if data is not None and self.data is not None:
+            parts += (self._data_head, self.data.pack(data))
+        parts[0] = self._heads[timeout is not None, data is not None]
+        return b"".join(parts)
+
+
+_TIMEOUT = struct.Struct(">Q")  # milliseconds
+_TIMEOUT_HEAD = _ATTR.pack(_ATTR.size + _TIMEOUT.size, NFTA_SET_ELEM_TIMEOUT)
+_CODECS = {name: _SetCodec(name) for name in SET_TYPES}
 
 
 def _element(name: str, raw: Any) -> bytes:
-    data = None
-    if isinstance(raw, list):  # a map element: [key, data]
-        if len(raw) != 2 or name not in MAP_DATA:
-            raise NotElements(f"not an element of {name}: {raw!r}")
-        raw, data = raw
-    timeout = None
-    if isinstance(raw, Mapping) and "elem" in raw:
-        timeout = raw["elem"].get("timeout")
-        raw = raw["elem"].get("val")
-    body = _nested(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, _KEYS[name].pack(raw)))
-    if timeout is not None:
-        if not isinstance(timeout, int) or timeout <= 0:
-            raise NotElements(f"not a timeout in seconds: {timeout!r}")
-        body += _attr(NFTA_SET_ELEM_TIMEOUT, struct.pack(">Q", timeout * 1000))
-    if data is not None:
-        body += _nested(NFTA_SET_ELEM_DATA, _attr(NFTA_DATA_VALUE, _DATA[name].pack(data)))
-    return _nested(NFTA_LIST_ELEM, body)
+    return _CODECS[name].element(raw)
 
 
 def encode_commands(commands: Iterable[Any]) -> list[Command]:
@@ -180,11 +222,11 @@ def encode_commands(commands: Iterable[Any]) -> list[Command]:
     if any command is not an `add`/`delete` of elements of one of our sets."""
     out = []
     for command in commands:
-        if not isinstance(command, Mapping) or len(command) != 1:
+        if not isinstance(command, dict) or len(command) != 1:
             raise NotElements(f"not one command: {command!r}")
         ((verb, body),) = command.items()
-        target = body.get("element") if isinstance(body, Mapping) else None
-        if verb not in VERBS or not isinstance(target, Mapping) or len(body) != 1:
+        target = body.get("element") if isinstance(body, dict) else None
+        if verb not in VERBS or not isinstance(target, dict) or len(body) != 1:
             raise NotElements(f"not an element change: {verb!r}")
         name = target.get("name")
         family = FAMILIES.get(target.get("family", ""))
