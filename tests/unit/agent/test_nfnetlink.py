@@ -79,6 +79,14 @@ def test_a_large_set_change_is_split_into_attributes_that_fit() -> None:
     assert [struct.unpack(">H", k[8:10])[0] for k in keys] == [2000 + i for i in range(5000)]
 
 
+def _add_in4a(element: Any) -> Any:
+    return {
+        "add": {
+            "element": {"family": "inet", "table": "sipwall", "name": "in4a", "elem": [element]}
+        }
+    }
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -107,40 +115,22 @@ def test_a_large_set_change_is_split_into_attributes_that_fit() -> None:
             }
         },
         *(
-            {
-                "add": {
-                    "element": {
-                        "family": "inet",
-                        "table": "sipwall",
-                        "name": "in4a",
-                        "elem": [
-                            {
-                                "elem": {
-                                    "val": {"concat": ["udp", "10.77.0.10", 4000, "198.51.100.1"]},
-                                    "timeout": timeout,
-                                }
-                            }
-                        ],
+            _add_in4a(
+                {
+                    "elem": {
+                        "val": {"concat": ["udp", "10.77.0.10", 4000, "198.51.100.1"]},
+                        "timeout": timeout,
                     }
                 }
-            }
+            )
             for timeout in (True, 0, 1.5, "60")
         ),
-        {  # a set element given map data
-            "add": {
-                "element": {
-                    "family": "inet",
-                    "table": "sipwall",
-                    "name": "in4a",
-                    "elem": [
-                        [
-                            {"concat": ["udp", "10.77.0.10", 4000, "198.51.100.1"]},
-                            {"concat": ["10.77.0.10", 4000]},
-                        ]
-                    ],
-                }
-            }
-        },
+        _add_in4a(  # a set element given map data
+            [
+                {"concat": ["udp", "10.77.0.10", 4000, "198.51.100.1"]},
+                {"concat": ["10.77.0.10", 4000]},
+            ]
+        ),
     ],
 )
 def test_anything_but_our_element_changes_is_left_to_libnftables(command: Any) -> None:
