@@ -2,8 +2,8 @@
 
 gRPC core reads `GRPC_EXPERIMENTS` when the `grpc` package is imported (not when a
 channel or server is made), so `configure()` must run first: `sipwall.cli.main` calls it
-before it imports a subcommand, the test suite's conftest and the client benchmarks call
-it at their top.
+before it imports a subcommand, the test suite in `pytest_configure` (before the test
+modules are collected) and the client benchmarks before their FCP imports.
 
 Why: grpcio 1.85 does a connection's socket I/O, TLS and HTTP/2 framing on threads of
 its EventEngine, which then wake the asyncio thread, and for each answer the other way

@@ -156,7 +156,8 @@ class _SetCodec:
     """One set's element encoding. Every field is a whole number of registers, so an
     element's attribute sizes depend only on which parts it has (timeout, data): their
     headers are made once here, and an element costs its value packs and one join. Each
-    call setup encodes about six elements; the generic nesting cost ~6 µs each."""
+    call setup encodes about six elements: ~6 µs each with the generic nesting, ~3.6 µs
+    now (with the dict checks and operator.call below)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -213,10 +214,6 @@ _TIMEOUT_HEAD = _ATTR.pack(_ATTR.size + _TIMEOUT.size, NFTA_SET_ELEM_TIMEOUT)
 _CODECS = {name: _SetCodec(name) for name in SET_TYPES}
 
 
-def _element(name: str, raw: Any) -> bytes:
-    return _CODECS[name].element(raw)
-
-
 def encode_commands(commands: Iterable[Any]) -> list[Command]:
     """The messages for a transaction's commands (a big one may take several); NotElements
     if any command is not an `add`/`delete` of elements of one of our sets."""
@@ -236,7 +233,8 @@ def encode_commands(commands: Iterable[Any]) -> list[Command]:
         head = _attr(NFTA_SET_ELEM_LIST_TABLE, target["table"].encode() + b"\0") + _attr(
             NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"
         )
-        for chunk in _chunks(_element(name, raw) for raw in target.get("elem", ())):
+        codec = _CODECS[name]
+        for chunk in _chunks(codec.element(raw) for raw in target.get("elem", ())):
             payload = head + _nested(NFTA_SET_ELEM_LIST_ELEMENTS, chunk)
             kind = (NFNL_SUBSYS_NFTABLES << 8) | message
             out.append(Command(kind, flags, family, payload, f"{verb} element {name}"))
